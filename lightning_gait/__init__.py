@@ -1,0 +1,27 @@
+"""lightning-gait: GAIT-prop and its peers as PyTorch Lightning modules."""
+from .activations import ACTIVATIONS, Identity, InvertibleActivation, LeakyReLU, SmoothLeakyReLU, build_activation
+from .networks import InvertibleMLP, LayerInverse, orthogonality_penalty
+from .rules import RULES, Backprop, FeedbackAlignment, GAITProp, LocalLearningRule, TargetProp
+from .targets import NonFiniteError, TargetTrace
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "InvertibleMLP",
+    "Backprop",
+    "GAITProp",
+    "TargetProp",
+    "FeedbackAlignment",
+    "LocalLearningRule",
+    "InvertibleActivation",
+    "Identity",
+    "LeakyReLU",
+    "SmoothLeakyReLU",
+    "ACTIVATIONS",
+    "build_activation",
+    "LayerInverse",
+    "orthogonality_penalty",
+    "NonFiniteError",
+    "TargetTrace",
+    "RULES",
+]

@@ -1,0 +1,197 @@
+"""Invertible activations: value, inverse, derivative, and an exact inverse difference.
+
+Each activation ``f`` here is strictly increasing, so ``f^-1`` exists everywhere on its
+range. Besides ``forward``, ``inverse`` and ``derivative`` (``f'`` evaluated at the
+*pre-activation* ``z``), every activation offers ``inverse_difference(z, h)``:
+
+    f^-1(f(z) + h) - z
+
+computed without forming ``f(z) + h``. That is what the numerically exact
+("difference") form of GAIT-prop needs: target differences ``h`` are tiny (``1e-7`` and
+smaller), and ``f^-1(a + h) - f^-1(a)`` loses them to round-off when evaluated as
+written, in float32 above all (``docs/gait-prop.md``, "Numerics").
+
+Constants follow ``docs/gait-prop.md`` ("Activations"), with ``alpha = 0.1``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, Type
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+__all__ = [
+    "InvertibleActivation",
+    "Identity",
+    "LeakyReLU",
+    "SmoothLeakyReLU",
+    "ACTIVATIONS",
+    "build_activation",
+]
+
+
+class InvertibleActivation(nn.Module):
+    """Base class of a strictly increasing elementwise activation.
+
+    Subclasses implement :meth:`forward`, :meth:`inverse`, :meth:`derivative` and
+    :meth:`inverse_difference`. They carry no parameters.
+    """
+
+    name: str = "abstract"
+
+    def forward(self, z: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def inverse(self, a: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def derivative(self, z: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """``f'(z)`` at the pre-activation ``z``."""
+        raise NotImplementedError
+
+    def inverse_difference(self, z: Tensor, h: Tensor) -> Tensor:  # pragma: no cover
+        """``f^-1(f(z) + h) - z``, exact for tiny ``h``."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return ""
+
+
+class Identity(InvertibleActivation):
+    """``f(x) = x``: the output layer and linear networks."""
+
+    name = "identity"
+
+    def forward(self, z: Tensor) -> Tensor:
+        return z
+
+    def inverse(self, a: Tensor) -> Tensor:
+        return a
+
+    def derivative(self, z: Tensor) -> Tensor:
+        return torch.ones_like(z)
+
+    def inverse_difference(self, z: Tensor, h: Tensor) -> Tensor:
+        return h
+
+
+class LeakyReLU(InvertibleActivation):
+    """Leaky ReLU: ``f(x) = x`` for ``x >= 0``, ``alpha * x`` otherwise."""
+
+    name = "leaky_relu"
+
+    def __init__(self, alpha: float = 0.1) -> None:
+        super().__init__()
+        if not 0.0 < alpha < 1.0:
+            raise ValueError(f"alpha must lie in (0, 1) for an invertible leaky ReLU, got {alpha}")
+        self.alpha = float(alpha)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return torch.where(z >= 0, z, self.alpha * z)
+
+    def inverse(self, a: Tensor) -> Tensor:
+        return torch.where(a >= 0, a, a / self.alpha)
+
+    def derivative(self, z: Tensor) -> Tensor:
+        return torch.where(z >= 0, torch.ones_like(z), torch.full_like(z, self.alpha))
+
+    def inverse_difference(self, z: Tensor, h: Tensor) -> Tensor:
+        # f^-1(y) = y * s(y) with s = 1 or 1/alpha, so with a = f(z):
+        # f^-1(a + h) - z = h * s(a + h) + a * (s(a + h) - s(a)).
+        # The second term is nonzero only when a + h crosses the kink, and then it is
+        # not small, so nothing is lost to cancellation.
+        a = self.forward(z)
+        u = a + h
+        inv_alpha = 1.0 / self.alpha
+        s_new = torch.where(u >= 0, torch.ones_like(u), torch.full_like(u, inv_alpha))
+        s_old = torch.where(a >= 0, torch.ones_like(a), torch.full_like(a, inv_alpha))
+        return h * s_new + a * (s_new - s_old)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}"
+
+
+class SmoothLeakyReLU(InvertibleActivation):
+    """Smoothed leaky ReLU (SL-ReLU) of "Scaling up learning with GAIT-prop".
+
+    With ``lambda = ln(alpha / (1 - alpha))`` (where ``sigmoid(lambda) = alpha``),
+    ``beta = (softplus(lambda) - alpha * lambda) / alpha`` and ``delta = softplus(0)``
+    (as ``lambda < 0``; ``alpha * beta`` otherwise)::
+
+        f(x) = softplus(x) - delta             for x >  lambda
+        f(x) = alpha * (x + beta) - delta      for x <= lambda
+
+    so that ``f(0) = 0``, ``f'(0) = 1/2`` and value and slope are continuous at lambda
+    (``C^1``, not ``C^2``).
+    """
+
+    name = "smooth_leaky_relu"
+
+    def __init__(self, alpha: float = 0.1) -> None:
+        super().__init__()
+        if not 0.0 < alpha < 1.0:
+            raise ValueError(f"alpha must lie in (0, 1) for SL-ReLU, got {alpha}")
+        self.alpha = float(alpha)
+        self.lam = math.log(alpha / (1.0 - alpha))
+        softplus_lam = math.log1p(math.exp(self.lam))
+        self.beta = (softplus_lam - alpha * self.lam) / alpha
+        self.delta = math.log(2.0) if self.lam < 0 else alpha * self.beta
+        # the switch point in output space
+        self.y_lam = softplus_lam - self.delta
+
+    def forward(self, z: Tensor) -> Tensor:
+        upper = F.softplus(z, beta=1.0, threshold=40.0) - self.delta
+        lower = self.alpha * (z + self.beta) - self.delta
+        return torch.where(z > self.lam, upper, lower)
+
+    def inverse(self, a: Tensor) -> Tensor:
+        c = a + self.delta
+        upper_mask = a > self.y_lam
+        # log(expm1(c)) = c + log(-expm1(-c)); stable for large c
+        c_safe = torch.where(upper_mask, c, torch.ones_like(c))
+        upper = c_safe + torch.log(-torch.expm1(-c_safe))
+        lower = c / self.alpha - self.beta
+        return torch.where(upper_mask, upper, lower)
+
+    def derivative(self, z: Tensor) -> Tensor:
+        return torch.where(z > self.lam, torch.sigmoid(z), torch.full_like(z, self.alpha))
+
+    def inverse_difference(self, z: Tensor, h: Tensor) -> Tensor:
+        # Upper branch, both ends: with c = softplus(z) = a + delta,
+        #   f^-1(a + h) - z = log(expm1(c + h) / expm1(c)) = log1p(expm1(h) / sigmoid(z)).
+        # Lower branch, both ends: h / alpha. Across the switch the difference is not
+        # small, and the plain formula loses nothing.
+        a = self.forward(z)
+        u = a + h
+        z_upper = z > self.lam
+        u_upper = u > self.y_lam
+        ratio = torch.expm1(h) / torch.sigmoid(z)
+        # keep log1p's argument in its domain where this branch is not selected
+        ratio = torch.where(z_upper & u_upper, ratio, torch.zeros_like(ratio))
+        both_upper = torch.log1p(ratio)
+        both_lower = h / self.alpha
+        crossing = self.inverse(u) - z
+        return torch.where(
+            z_upper & u_upper, both_upper, torch.where(~z_upper & ~u_upper, both_lower, crossing)
+        )
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, lambda={self.lam:.10f}, beta={self.beta:.10f}, delta={self.delta:.10f}"
+
+
+ACTIVATIONS: Dict[str, Callable[..., InvertibleActivation]] = {
+    Identity.name: Identity,
+    LeakyReLU.name: LeakyReLU,
+    SmoothLeakyReLU.name: SmoothLeakyReLU,
+}
+
+
+def build_activation(name: str, **kwargs) -> InvertibleActivation:
+    """Build an activation by its registry name (``ACTIVATIONS``)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(
+            f"activation={name!r} is not known; choose one of {sorted(ACTIVATIONS)}"
+        )
+    return ACTIVATIONS[name](**kwargs)

@@ -1,0 +1,265 @@
+"""``LocalLearningRule``: the one manual-optimization loop that every learning rule shares.
+
+A rule turns a batch into a *local objective*: a scalar whose gradient with respect to
+each layer's weight and bias is that layer's update (Lightning's contract for manual
+optimization: we call ``self.manual_backward`` and step the optimizer ourselves). For the
+local rules (GAIT-prop, TP, FA) the objective is
+
+    sum_l  sum_n  < s_l(n), a_l(n) >,       s_l = d loss_l / d a_l  (held constant)
+
+over a forward pass whose layer inputs are detached, so autograd sends each ``s_l`` to
+layer ``l``'s parameters only: exactly the gradient of the layer-local losses (eq. 6 of
+the GAIT-prop paper) at the current point, at the cost of one matrix product per layer.
+A subclass says only how the signals ``s_l`` are made (:meth:`layer_signals`), or, like
+:class:`~lightning_gait.rules.backprop.Backprop`, overrides :meth:`local_objective`.
+
+One training step (:meth:`training_step`):
+
+1. ``local_objective(x, y)``: forward, targets, per-layer signals (non-finite targets
+   raise :class:`~lightning_gait.targets.NonFiniteError` naming layer and step);
+2. plus ``ortho_weight * ||W W^T - I||_F^2`` over square layers (a surrogate with the
+   same gradient, :func:`~lightning_gait.networks.orthogonality_surrogate`);
+3. one ``self.manual_backward`` of the sum, so that DDP all-reduces it like any
+   gradient (with ``loss_reduction="sum"`` it is scaled by the world size, so that the
+   averaged gradient is the gradient of the sum over the global batch);
+4. a check that every update is finite, then one optimizer step (Adam by default).
+
+Logged keys: ``train/loss``, ``train/acc``, ``train/ortho_penalty``, ``val/loss``,
+``val/acc``, ``val/acc_best``, ``test/loss``, ``test/acc``. Losses are logged as the mean
+cross-entropy per sample whatever ``loss_reduction`` is.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, List, Optional, Sequence, Tuple
+
+import torch
+import pytorch_lightning as pl
+from pytorch_lightning.utilities import rank_zero_warn
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from ..networks import ForwardTrace, InvertibleMLP, orthogonality_surrogate
+from ..targets import NonFiniteError, first_nonfinite, output_gradient
+
+__all__ = ["LocalLearningRule", "LocalObjective", "NONFINITE_POLICIES"]
+
+NONFINITE_POLICIES = ("raise", "skip")
+
+
+@dataclass
+class LocalObjective:
+    """What :meth:`LocalLearningRule.local_objective` returns for one batch.
+
+    ``objective`` carries the graph whose parameter gradient is the update; ``loss`` is
+    the output loss value (with the rule's reduction, no graph); ``logits`` have no graph.
+    """
+
+    objective: Tensor
+    loss: Tensor
+    logits: Tensor
+    trace: Optional[ForwardTrace] = None
+
+
+class LocalLearningRule(pl.LightningModule):
+    """Base class of every learning rule: owns the manual-optimization loop and metrics.
+
+    Args:
+        net: the network to train. The rule trains this very object: no copy, no change
+            of dtype or device (the trainer's precision and accelerator decide those).
+        lr, betas, adam_eps: Adam's hyperparameters (defaults: the scaling paper's).
+        ortho_weight: weight of the orthogonality penalty ``||W W^T - I||_F^2`` on square
+            layers (0 turns it off).
+        loss_reduction: ``"sum"`` over the batch (the reference code) or ``"mean"``.
+        on_nonfinite: ``"raise"`` a :class:`NonFiniteError` naming the layer and step, or
+            ``"skip"`` the batch (no optimizer step), warn and count it in
+            ``train/skipped_batches``.
+
+    Extension points: :meth:`layer_signals` (what most rules override),
+    :meth:`local_objective`, :meth:`configure_optimizers`.
+    """
+
+    #: rules that invert layers set this; they refuse a network without a square output
+    requires_invertible: bool = False
+
+    def __init__(
+        self,
+        net: InvertibleMLP,
+        *,
+        lr: float = 1.9e-5,
+        betas: Tuple[float, float] = (0.9, 0.999),
+        adam_eps: float = 1e-6,
+        ortho_weight: float = 0.0,
+        loss_reduction: str = "sum",
+        on_nonfinite: str = "raise",
+    ) -> None:
+        super().__init__()
+        if not isinstance(net, nn.Module):
+            raise ValueError(f"net must be a network module (e.g. InvertibleMLP), got {type(net).__name__}")
+        if self.requires_invertible and not getattr(net, "invertible", False):
+            raise ValueError(
+                f"{type(self).__name__} inverts layers and needs a network with a square output "
+                "layer: build it with InvertibleMLP(..., square_output=True)"
+            )
+        if lr <= 0:
+            raise ValueError(f"lr must be positive, got {lr}")
+        if adam_eps <= 0:
+            raise ValueError(f"adam_eps must be positive, got {adam_eps}")
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {betas}")
+        if ortho_weight < 0:
+            raise ValueError(f"ortho_weight must be >= 0, got {ortho_weight}")
+        if loss_reduction not in ("sum", "mean"):
+            raise ValueError(f"loss_reduction must be 'sum' or 'mean', got {loss_reduction!r}")
+        if on_nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"on_nonfinite must be one of {NONFINITE_POLICIES}, got {on_nonfinite!r}")
+        self.automatic_optimization = False
+        self.net = net
+        self.lr = float(lr)
+        self.betas = (float(betas[0]), float(betas[1]))
+        self.adam_eps = float(adam_eps)
+        self.ortho_weight = float(ortho_weight)
+        self.loss_reduction = loss_reduction
+        self.on_nonfinite = on_nonfinite
+        self.save_hyperparameters(ignore=["net"])
+
+        num_classes = net.num_classes
+        # one metric object per stage (lightning-hydra-template style)
+        self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.train_loss = MeanMetric()
+        self.val_loss = MeanMetric()
+        self.test_loss = MeanMetric()
+        self.val_acc_best = MaxMetric()
+        #: the last batch's rule-specific diagnostics (e.g. a TargetTrace), for callbacks
+        self.last_diagnostics: Any = None
+        self.skipped_batches = 0
+
+    # ------------------------------------------------------------------ the rule
+    @property
+    def parameter_pairs(self) -> List[Tuple[Tensor, Tensor]]:
+        return [(layer.weight, layer.bias) for layer in self.net.layers]
+
+    def layer_signals(self, trace: ForwardTrace, g: Tensor, y: Tensor) -> List[Tensor]:
+        """Per layer (input to output), ``d loss_l / d a_l``: the signal sent to layer ``l``.
+
+        ``trace`` is a local forward pass (layer inputs detached), ``g = dL/da_L`` the
+        output-loss gradient. Signals must carry no graph. Override this to write a rule.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement layer_signals")
+
+    def local_objective(self, x: Tensor, y: Tensor) -> LocalObjective:
+        """Forward pass, signals, and the objective whose gradient is the update."""
+        trace = self.net.trace(x, local=True)
+        g, loss = output_gradient(trace.output, y, self.net.num_classes, self.loss_reduction)
+        with torch.no_grad():
+            signals = self.layer_signals(trace, g, y)
+        self.check_finite(signals, what="target signal")
+        objective = sum((s * a).sum() for s, a in zip(signals, trace.post))
+        return LocalObjective(objective, loss, self.net.logits(trace.output).detach(), trace)
+
+    @torch.enable_grad()
+    def local_gradients(self, x: Tensor, y: Tensor) -> List[Tuple[Tensor, Tensor]]:
+        """The (weight, bias) gradient that this rule installs for batch ``(x, y)``, per layer.
+
+        Input to output, ``nn.Linear`` layout and sign (to be subtracted), without the
+        orthogonality penalty, without stepping and without touching ``.grad``.
+        ``training_step`` uses the same :meth:`local_objective`.
+        """
+        out = self.local_objective(x, y)
+        params = [p for pair in self.parameter_pairs for p in pair]
+        grads = torch.autograd.grad(out.objective, params, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+        return [(grads[2 * i], grads[2 * i + 1]) for i in range(len(grads) // 2)]
+
+    def check_finite(self, tensors: Sequence[Optional[Tensor]], *, what: str) -> None:
+        """Raise :class:`NonFiniteError` naming the layer (from 1 at the input) and the step.
+
+        The layer reported is the first non-finite one in the order the rule computes
+        them (output to input for target propagation).
+        """
+        order = list(range(len(tensors) - 1, -1, -1))
+        bad = first_nonfinite(list(tensors), order)
+        if bad is not None:
+            raise NonFiniteError(
+                f"non-finite {what} at layer {bad + 1} (counted from 1 at the input) "
+                f"at global step {self.global_step} of {type(self).__name__}"
+            )
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.net.parameters(), lr=self.lr, betas=self.betas, eps=self.adam_eps)
+
+    def _world_size(self) -> int:
+        trainer = self._trainer
+        return trainer.world_size if trainer is not None else 1
+
+    def training_step(self, batch, batch_idx: int):
+        """Manual optimization: local objective + penalty, one backward, one step."""
+        x, y = batch
+        opt = self.optimizers()
+        try:
+            out = self.local_objective(x, y)
+        except NonFiniteError as err:
+            return self._skip_or_raise(err)
+        objective = out.objective
+        if self.loss_reduction == "sum" and self._world_size() > 1:
+            # DDP averages gradients over ranks; the sum over the global batch is N times that
+            objective = objective * self._world_size()
+        if self.ortho_weight > 0 and self.net.square_layer_indices:
+            surrogate, penalty = orthogonality_surrogate(self.net)
+            objective = objective + self.ortho_weight * surrogate
+            self.log("train/ortho_penalty", penalty, on_step=True, on_epoch=False)
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(objective)
+        try:
+            self.check_finite([layer.weight.grad for layer in self.net.layers], what="weight update")
+        except NonFiniteError as err:
+            opt.zero_grad(set_to_none=True)
+            return self._skip_or_raise(err)
+        opt.step()
+
+        per_sample = out.loss / len(y) if self.loss_reduction == "sum" else out.loss
+        self.train_loss(per_sample)
+        self.train_acc(out.logits, y)
+        self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=True, on_epoch=True, prog_bar=True)
+        return per_sample
+
+    def _skip_or_raise(self, err: NonFiniteError):
+        if self.on_nonfinite == "raise":
+            raise err
+        self.skipped_batches += 1
+        rank_zero_warn(f"{err}; batch skipped (on_nonfinite='skip')")
+        self.log("train/skipped_batches", float(self.skipped_batches), on_step=True, on_epoch=False)
+        return None
+
+    def _eval_step(self, batch, loss_metric: MeanMetric, acc_metric: MulticlassAccuracy, stage: str):
+        x, y = batch
+        logits = self.net(x)
+        loss = F.cross_entropy(logits, y)
+        loss_metric(loss)
+        acc_metric(logits, y)
+        self.log(f"{stage}/loss", loss_metric, on_step=False, on_epoch=True, prog_bar=True)
+        self.log(f"{stage}/acc", acc_metric, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int):
+        return self._eval_step(batch, self.val_loss, self.val_acc, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self.val_acc_best(self.val_acc.compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, prog_bar=True)
+
+    def on_train_start(self) -> None:
+        # validation during the sanity check must not count towards the best accuracy
+        self.val_acc_best.reset()
+
+    def test_step(self, batch, batch_idx: int):
+        return self._eval_step(batch, self.test_loss, self.test_acc, "test")

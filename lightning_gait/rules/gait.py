@@ -1,0 +1,138 @@
+"""GAIT-prop: Gradient Adjusted Incremental Target propagation (and its variants)."""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+from torch import Tensor
+
+from ..networks import ForwardTrace, InvertibleMLP, LayerInverse
+from ..targets import (
+    TARGET_MODES,
+    TargetTrace,
+    fixed_gamma,
+    gait_nudge_absolute,
+    gait_nudge_difference,
+    normalized_gamma,
+)
+from .base import LocalLearningRule
+
+__all__ = ["GAITProp"]
+
+
+class GAITProp(LocalLearningRule):
+    """GAIT-prop with fixed or normalized gamma, in the paper's or the exact numerical form.
+
+    The four variants of "Scaling up learning with GAIT-prop" are the four combinations of
+    the network's activation and ``normalize``: GAIT (leaky ReLU, fixed gamma), GAIT-N
+    (leaky ReLU, normalized), GAIT-S (SL-ReLU, fixed) and GAIT-SN (SL-ReLU, normalized).
+
+    Args:
+        net: an :class:`~lightning_gait.InvertibleMLP` with a square output layer.
+        gamma: the fixed gamma (used when ``normalize=False``); the paper's 1e-3.
+        normalize: per-sample ``gamma_l = eta * sqrt(n_l) / ||t_l - a_l||`` (eq. 5).
+        eta: the normalized targets' scale; the paper's 1e-7.
+        target_mode: ``"absolute"`` (the paper's form, the default: reproduces the
+            published algorithm, its round-off failures included) or ``"difference"``
+            (propagates ``t_l - a_l`` itself; same in exact arithmetic, works in float32).
+        ortho_weight: the orthogonality penalty's weight; the paper's 100.
+        **kwargs: see :class:`LocalLearningRule` (lr, betas, adam_eps, loss_reduction,
+            on_nonfinite).
+
+    Extension points: :meth:`layer_gamma` (how gamma is chosen at one layer),
+    :meth:`propagate` (one layer's target step), :meth:`layer_signals` (the whole pass).
+    After each batch ``self.last_diagnostics`` holds its :class:`TargetTrace`.
+    """
+
+    requires_invertible = True
+
+    def __init__(
+        self,
+        net: InvertibleMLP,
+        *,
+        gamma: float = 1e-3,
+        normalize: bool = False,
+        eta: float = 1e-7,
+        target_mode: str = "absolute",
+        ortho_weight: float = 100.0,
+        **kwargs,
+    ) -> None:
+        if not gamma > 0:
+            raise ValueError(f"gamma must be positive, got {gamma}")
+        if not eta > 0:
+            raise ValueError(f"eta must be positive, got {eta}")
+        if target_mode not in TARGET_MODES:
+            raise ValueError(f"target_mode must be one of {TARGET_MODES}, got {target_mode!r}")
+        super().__init__(net, ortho_weight=ortho_weight, **kwargs)
+        self.gamma = float(gamma)
+        self.normalize = bool(normalize)
+        self.eta = float(eta)
+        self.target_mode = target_mode
+
+    # ------------------------------------------------------------------ extension points
+    def layer_gamma(self, index: int, difference: Tensor) -> Tensor:
+        """Per-sample gamma at layer ``index`` (0-based) given ``t_l - a_l``."""
+        if self.normalize:
+            return normalized_gamma(difference, self.eta)
+        return fixed_gamma(difference, self.gamma)
+
+    def layer_inverses(self) -> List[Optional[LayerInverse]]:
+        """Inverses of the square layers for this step (``None`` for layer 1)."""
+        return [None] + [self.net.layer_inverse(i) for i in range(1, self.net.num_layers)]
+
+    def propagate(
+        self,
+        index: int,
+        trace: ForwardTrace,
+        inverse: LayerInverse,
+        difference: Tensor,
+        target: Optional[Tensor],
+        gamma: Tensor,
+    ):
+        """One step down: from layer ``index``'s target to layer ``index - 1``'s.
+
+        Returns ``(difference, target)`` of layer ``index - 1``; ``target`` is ``None`` in
+        the difference form.
+        """
+        activation = self.net.activation_of(index)
+        z = trace.pre[index]
+        if self.target_mode == "absolute":
+            bias = self.net.layers[index].bias
+            new_target = gait_nudge_absolute(activation, inverse, bias, trace.post[index], z, target, gamma)
+            return new_target - trace.post[index - 1], new_target
+        return gait_nudge_difference(activation, inverse, z, difference, gamma), None
+
+    # ------------------------------------------------------------------ the pass
+    def target_trace(self, trace: ForwardTrace, g: Tensor) -> TargetTrace:
+        """Targets of every layer from the output gradient ``g`` (output to input)."""
+        num_layers = self.net.num_layers
+        absolute = self.target_mode == "absolute"
+        inverses = self.layer_inverses()
+        differences: List[Optional[Tensor]] = [None] * num_layers
+        targets: List[Optional[Tensor]] = [None] * num_layers
+        multipliers: List[Optional[Tensor]] = [None] * num_layers
+        gammas: List[Optional[Tensor]] = [None] * num_layers
+
+        top = num_layers - 1
+        out = trace.post[top]
+        if absolute:
+            targets[top] = out - 0.5 * g
+            differences[top] = targets[top] - out  # recovered by subtraction, as in the paper
+        else:
+            differences[top] = -0.5 * g
+        multipliers[top] = torch.ones(out.shape[0], dtype=out.dtype, device=out.device)
+        for i in range(top, 0, -1):
+            gamma = self.layer_gamma(i, differences[i])
+            gammas[i] = gamma
+            differences[i - 1], targets[i - 1] = self.propagate(
+                i, trace, inverses[i], differences[i], targets[i], gamma
+            )
+            multipliers[i - 1] = multipliers[i] / gamma
+        self.check_finite(differences, what="target difference t - a")
+        self.check_finite(multipliers, what="target multiplier")
+        return TargetTrace(differences, multipliers, gammas, targets if absolute else None)
+
+    def layer_signals(self, trace: ForwardTrace, g: Tensor, y: Tensor) -> List[Tensor]:
+        targets = self.target_trace(trace, g)
+        self.last_diagnostics = targets
+        return targets.signals()

@@ -1,0 +1,171 @@
+"""``python -m lightning_gait.fit --config conf/NAME.yaml``: train any rule on CIFAR-10.
+
+Built on Lightning's ``LightningCLI``: the model is chosen by ``class_path`` (any
+:class:`~lightning_gait.rules.LocalLearningRule`, with the network nested in its
+arguments), every option can be overridden with a dotted flag
+(``--trainer.max_epochs 2``, ``--data.data_dir ../shared/data``), ``--print_config``
+prints the resolved configuration, and ``seed_everything`` seeds the run.
+
+After training it tests the best checkpoint (``--test_after_fit false`` to skip) and
+prints a summary. ``--ckpt_path PATH`` resumes a run exactly (weights, optimizer state,
+step count, rule buffers such as feedback matrices, and the epoch's data order).
+
+Weights & Biases: when ``WANDB_MODE`` is unset and no API key is found (``WANDB_API_KEY``
+or a ``wandb login`` entry in ``~/.netrc``), the run is logged offline, never waiting for a
+login prompt, and the ``wandb sync`` command is printed at the end.
+"""
+from __future__ import annotations
+
+import netrc
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from jsonargparse import ArgumentError
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def _config_listing() -> str:
+    folder = CONF_DIR if CONF_DIR.is_dir() else Path("conf")
+    lines = ["Configs (one per training regime; the first comment line says what it reproduces):"]
+    for path in sorted(folder.glob("*.yaml")):
+        first = ""
+        for line in path.read_text().splitlines():
+            if line.startswith("#"):
+                first = line.lstrip("# ").strip()
+                break
+        lines.append(f"  {path.relative_to(folder.parent) if folder.is_absolute() else path}: {first}")
+    lines.append("")
+    lines.append("Example: python -m lightning_gait.fit --config conf/gait_norm.yaml --data.data_dir ../shared/data")
+    return "\n".join(lines)
+
+
+def wandb_credentials_present() -> bool:
+    """True when W&B could log in without asking: an API key in the environment or netrc."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+    try:
+        auth = netrc.netrc(os.environ.get("NETRC") or None).authenticators(host)
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+    return bool(auth and auth[2])
+
+
+def configure_wandb_mode() -> bool:
+    """Switch W&B to offline when it would otherwise prompt for a login. Returns True if it did."""
+    if "WANDB_MODE" in os.environ or wandb_credentials_present():
+        return False
+    os.environ["WANDB_MODE"] = "offline"
+    print("W&B: no API key found (WANDB_API_KEY or `wandb login`); logging offline.", file=sys.stderr)
+    return True
+
+
+def _build_cli(args):
+    from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
+
+    from .data import CIFAR10DataModule
+    from .rules import LocalLearningRule
+
+    class LoggerSaveConfigCallback(SaveConfigCallback):
+        """Saves the resolved config to the log dir and uploads it to the logger (W&B config)."""
+
+        def save_config(self, trainer, pl_module, stage) -> None:
+            import yaml
+
+            if trainer.logger is not None:
+                config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+                trainer.logger.log_hyperparams({"config": config})
+
+    class GaitCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            parser.add_argument("--ckpt_path", type=Optional[str], default=None,
+                                help="Checkpoint to resume from (exact continuation).")
+            parser.add_argument("--test_after_fit", type=bool, default=True,
+                                help="Test the best checkpoint on the test set after training.")
+
+    return GaitCLI(
+        LocalLearningRule,
+        CIFAR10DataModule,
+        subclass_mode_model=True,
+        run=False,
+        auto_configure_optimizers=False,
+        seed_everything_default=0,
+        save_config_callback=LoggerSaveConfigCallback,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={
+            "description": "Train a lightning-gait learning rule on CIFAR-10.",
+            "epilog": _config_listing(),
+        },
+        args=args,
+    )
+
+
+def _fit_summary(trainer) -> List[str]:
+    from .timing import EpochTimer
+
+    lines = [f"epochs: {trainer.current_epoch}, steps: {trainer.global_step}"]
+    metrics = trainer.callback_metrics
+    for key in ("val/acc", "val/acc_best", "val/loss", "train/loss_epoch", "train/acc_epoch"):
+        if key in metrics:
+            lines.append(f"{key} = {float(metrics[key]):.4f}")
+    for cb in trainer.callbacks:
+        if isinstance(cb, EpochTimer) and cb.last_epoch_s is not None:
+            lines.append(f"last training epoch: {cb.last_epoch_s:.1f} s")
+    ckpt = getattr(trainer.checkpoint_callback, "best_model_path", "")
+    if ckpt:
+        lines.append(f"best checkpoint: {ckpt}")
+    return lines
+
+
+def _wandb_sync_hint(trainer) -> Optional[str]:
+    from pytorch_lightning.loggers import WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and os.environ.get("WANDB_MODE") == "offline":
+            run_dir = Path(logger.experiment.dir).parent
+            return f"W&B run saved offline; upload it with:  wandb sync {run_dir}"
+    return None
+
+
+def main(args=None) -> int:
+    """Entry point; returns the process exit code."""
+    configure_wandb_mode()
+    from .data import DataNotFoundError
+    from .targets import NonFiniteError
+
+    try:
+        cli = _build_cli(args)
+    except (ValueError, TypeError) as err:
+        # constructors name the offending argument (e.g. activation='relu7')
+        print(f"error: invalid configuration: {err}", file=sys.stderr)
+        return 2
+    config = cli.config
+    trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=config.get("ckpt_path"))
+        summary = _fit_summary(trainer)
+        test_results = None
+        if config.get("test_after_fit", True) and not trainer.interrupted:
+            best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+            test_results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    except DataNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except NonFiniteError as err:
+        print(f"error: training stopped: {err}", file=sys.stderr)
+        return 3
+    if trainer.is_global_zero:
+        for key, value in (test_results[0] if test_results else {}).items():
+            summary.append(f"{key} = {value:.4f}")
+        print("\n".join(["", "lightning-gait summary:"] + ["  " + line for line in summary]))
+        hint = _wandb_sync_hint(trainer)
+        if hint:
+            print(hint)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""Small callbacks for throughput and wall time."""
+from __future__ import annotations
+
+import time
+
+import pytorch_lightning as pl
+
+__all__ = ["EpochTimer"]
+
+
+class EpochTimer(pl.Callback):
+    """Logs ``time/epoch_s`` (wall time of each training epoch, validation excluded) and
+    ``time/images_per_s`` (training images per second, this process)."""
+
+    def __init__(self) -> None:
+        self._start = None
+        self._images = 0
+        self.last_epoch_s: float | None = None
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._start = time.perf_counter()
+        self._images = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._images += len(batch[1])
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self._start is None:
+            return
+        elapsed = time.perf_counter() - self._start
+        self.last_epoch_s = elapsed
+        pl_module.log("time/epoch_s", elapsed, on_step=False, on_epoch=True, rank_zero_only=True)
+        pl_module.log("time/images_per_s", self._images / max(elapsed, 1e-9), on_step=False, on_epoch=True,
+                      rank_zero_only=True)

@@ -161,20 +161,34 @@ class SmoothLeakyReLU(InvertibleActivation):
     def inverse_difference(self, z: Tensor, h: Tensor) -> Tensor:
         # Upper branch, both ends: with c = softplus(z) = a + delta,
         #   f^-1(a + h) - z = log(expm1(c + h) / expm1(c)) = log1p(expm1(h) / sigmoid(z)).
-        # Lower branch, both ends: h / alpha. Across the switch the difference is not
-        # small, and the plain formula loses nothing.
-        a = self.forward(z)
-        u = a + h
+        # Lower branch, both ends: h / alpha.
+        # Across the switch the step is split at lambda, where sigmoid(lambda) = alpha, so
+        # that nothing tiny is recovered by subtraction (z may lie arbitrarily close to
+        # lambda, and then f^-1(a + h) - z would lose h to round-off). The distance from
+        # a = f(z) to the switch value f(lambda), on z's side, is
+        #   above: f(z) - f(lambda) = log1p(alpha * expm1(z - lambda))
+        #   below: f(lambda) - f(z) = alpha * (lambda - z)
+        # and it also decides, without rounding a + h, whether the step crosses:
+        #   up   (z <= lambda, h > below): (lambda - z) + log1p(expm1(h - below) / alpha)
+        #   down (z > lambda, h <= -above): (lambda - z) + (h + above) / alpha
+        zeros = torch.zeros_like(h)
         z_upper = z > self.lam
-        u_upper = u > self.y_lam
-        ratio = torch.expm1(h) / torch.sigmoid(z)
-        # keep log1p's argument in its domain where this branch is not selected
-        ratio = torch.where(z_upper & u_upper, ratio, torch.zeros_like(ratio))
+        to_switch = self.lam - z
+        room_above = torch.log1p(self.alpha * torch.expm1(torch.where(z_upper, -to_switch, zeros)))
+        room_below = torch.where(z_upper, zeros, self.alpha * to_switch)
+        u_upper = torch.where(z_upper, h + room_above > 0, h > room_below)
+        both_upper_mask = z_upper & u_upper
+        up_mask = ~z_upper & u_upper
+        down_mask = z_upper & ~u_upper
+        ratio = torch.expm1(torch.where(both_upper_mask, h, zeros)) / torch.sigmoid(z)
         both_upper = torch.log1p(ratio)
         both_lower = h / self.alpha
-        crossing = self.inverse(u) - z
+        crossing_up = to_switch + torch.log1p(torch.expm1(torch.where(up_mask, h - room_below, zeros)) / self.alpha)
+        crossing_down = to_switch + (h + room_above) / self.alpha
         return torch.where(
-            z_upper & u_upper, both_upper, torch.where(~z_upper & ~u_upper, both_lower, crossing)
+            both_upper_mask,
+            both_upper,
+            torch.where(up_mask, crossing_up, torch.where(down_mask, crossing_down, both_lower)),
         )
 
     def extra_repr(self) -> str:

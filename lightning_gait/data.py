@@ -33,7 +33,7 @@ class DataNotFoundError(FileNotFoundError):
 
 def _missing_message(root: Path, reason: str) -> str:
     return (
-        f"CIFAR-10 was not found in {root / _FOLDER} ({reason}).\n"
+        f"CIFAR-10 was not found in {(root / _FOLDER).resolve()} ({reason}).\n"
         "Two ways out:\n"
         f"  1. point to a folder that holds {_FOLDER}/, e.g. --data.data_dir ../shared/data\n"
         "  2. run once on a machine with internet access (with --data.download true, the default),\n"

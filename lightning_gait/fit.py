@@ -86,6 +86,13 @@ def _build_cli(args):
             parser.add_argument("--test_after_fit", type=bool, default=True,
                                 help="Test the best checkpoint on the test set after training.")
 
+    import argparse
+
+    from jsonargparse import DefaultHelpFormatter
+
+    class HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
+        """Keeps the config listing's line breaks."""
+
     return GaitCLI(
         LocalLearningRule,
         CIFAR10DataModule,
@@ -98,6 +105,7 @@ def _build_cli(args):
         parser_kwargs={
             "description": "Train a lightning-gait learning rule on CIFAR-10.",
             "epilog": _config_listing(),
+            "formatter_class": HelpFormatter,
         },
         args=args,
     )

@@ -9,10 +9,16 @@ __all__ = ["EpochTimer"]
 
 
 class EpochTimer(pl.Callback):
-    """Logs ``time/epoch_s`` (wall time of each training epoch, validation excluded) and
-    ``time/images_per_s`` (training images per second, this process)."""
+    """Logs ``time/epoch_s`` (wall time of each training epoch, validation excluded),
+    ``time/images_per_s`` (training images per second, this process) and, with
+    ``log_lr=True``, ``train/lr`` (the first optimizer's learning rate).
 
-    def __init__(self) -> None:
+    Unlike Lightning's ``LearningRateMonitor`` it also works with ``--trainer.logger false``
+    (the values then reach the progress bar and ``trainer.callback_metrics`` only).
+    """
+
+    def __init__(self, *, log_lr: bool = True) -> None:
+        self.log_lr = log_lr
         self._start = None
         self._images = 0
         self.last_epoch_s: float | None = None
@@ -32,3 +38,6 @@ class EpochTimer(pl.Callback):
         pl_module.log("time/epoch_s", elapsed, on_step=False, on_epoch=True, rank_zero_only=True)
         pl_module.log("time/images_per_s", self._images / max(elapsed, 1e-9), on_step=False, on_epoch=True,
                       rank_zero_only=True)
+        if self.log_lr and trainer.optimizers:
+            lr = trainer.optimizers[0].param_groups[0]["lr"]
+            pl_module.log("train/lr", float(lr), on_step=False, on_epoch=True, rank_zero_only=True)

@@ -196,6 +196,19 @@ class LocalLearningRule(pl.LightningModule):
     def configure_optimizers(self):
         return torch.optim.Adam(self.net.parameters(), lr=self.lr, betas=self.betas, eps=self.adam_eps)
 
+    def on_load_checkpoint(self, checkpoint) -> None:
+        """Take the checkpoint's floating dtype before its weights are copied in.
+
+        Lightning restores weights before the precision plugin converts the module, so a
+        float64 (``64-true``) checkpoint would otherwise pass through the float32 network
+        the CLI built and lose its low bits; resuming would then not be exact.
+        """
+        dtypes = {v.dtype for v in checkpoint.get("state_dict", {}).values() if v.is_floating_point()}
+        if len(dtypes) == 1:
+            dtype = dtypes.pop()
+            if next(self.net.parameters()).dtype != dtype:
+                self.to(dtype)
+
     def _world_size(self) -> int:
         trainer = self._trainer
         return trainer.world_size if trainer is not None else 1

@@ -1,0 +1,254 @@
+"""How a rule gets the inverse of each square layer in each training step.
+
+GAIT-prop's target step ``t_{l-1} = (f^-1(u_l) - b_l) W_l^-1`` (``docs/gait-prop.md``,
+"One training step", step 4) needs ``x = r W^-1`` for a batch of row vectors ``r``
+(``N x n``) at every square layer, with the *current* weights. In ``nn.Linear`` layout
+``W = weight^T``, so a solver returns ``X`` with ``X @ weight.T == r``
+(:class:`~lightning_gait.networks.LayerInverse`'s contract). Two strategies:
+
+* :class:`ExactInverse` (``"lu"``, the default): an LU factorisation of every square
+  weight each step (``n^3 / 3`` multiply-adds) and two triangular solves per batch
+  (``N n^2``). Exact to round-off.
+* :class:`CachedInverse` (``"cached"``): an explicit approximate inverse ``M ~ W^-1`` per
+  layer, kept across steps and corrected each step, so that every solve is a matrix
+  product ``x = r M`` (``N n^2``, the cost of backprop's ``dL/da_{l-1}``). Weights move
+  by about one learning rate per element per step, so last step's ``M`` is off by
+  ``E = I - W M`` with ``||E|| ~ 1e-3``; the correction removes that to second order:
+
+  - ``newton_steps`` Newton-Schulz steps on ``M`` (each ``2 n^3``)::
+
+        E = I - W M;   M <- M + M E        (so that I - W M_new = E^2)
+
+  - ``refinements`` steps of iterative refinement per solve (each ``2 N n^2``)::
+
+        x <- x + (r - x W) M              (error  x - r W^-1  multiplied by E)
+
+  The residual ``||E||_F`` that a Newton-Schulz step computes anyway certifies the
+  result (``||I - W M_new||_2 <= ||E||_F^2``); when it exceeds ``max_residual`` (weights
+  that jumped, e.g. a loaded checkpoint), ``M`` is recomputed exactly from an LU
+  factorisation. ``refresh_every`` forces an exact recomputation every so many steps.
+
+Which is faster depends on the hardware: an LU factorisation and triangular solves run
+far below matrix-product speed on most CPUs in float32 and on GPUs, while a
+Newton-Schulz step is two matrix products. ``python -m lightning_gait.bench`` measures
+both, and ``benchmarks/README.md`` records the accuracy of the cached inverse through
+a training run.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from .networks import LayerInverse
+
+__all__ = [
+    "InverseStrategy",
+    "ExactInverse",
+    "CachedInverse",
+    "MatrixInverse",
+    "INVERSE_STRATEGIES",
+    "build_inverse_strategy",
+]
+
+
+class MatrixInverse:
+    """Applies an explicit approximate inverse ``M ~ (weight^T)^-1`` to row vectors.
+
+    ``solve(r)`` returns ``X`` with ``X @ weight.T ~= r``: ``X = r M`` followed by
+    ``refinements`` steps of iterative refinement ``X <- X + (r - X weight^T) M``.
+    """
+
+    def __init__(self, inverse: Tensor, weight: Tensor, refinements: int = 0) -> None:
+        self.inverse = inverse
+        self.weight = weight
+        self.refinements = int(refinements)
+
+    def solve(self, r: Tensor) -> Tensor:
+        x = r @ self.inverse
+        for _ in range(self.refinements):
+            residual = r - x @ self.weight.T
+            x = torch.addmm(x, residual, self.inverse)
+        return x
+
+
+class InverseStrategy:
+    """Gives, for one training step, a solver per layer (``None`` where not square).
+
+    :meth:`layer_inverses` is called once per :meth:`GAITProp.target_trace
+    <lightning_gait.rules.gait.GAITProp.target_trace>` with the network whose current
+    weights must be inverted; each returned object has ``solve(r)`` with
+    ``solve(r) @ weight.T == r``. Subclass it to try another scheme.
+    """
+
+    name: str = "abstract"
+
+    def layer_inverses(self, net: nn.Module) -> List[Optional[object]]:  # pragma: no cover
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Forget any state kept across steps."""
+
+    def extra_state(self) -> Dict[str, float]:
+        """Numbers worth logging about the last call (empty by default)."""
+        return {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def _square_indices(net: nn.Module) -> List[int]:
+    return list(net.square_layer_indices)
+
+
+class ExactInverse(InverseStrategy):
+    """An LU factorisation of each square weight in every step (exact to round-off)."""
+
+    name = "lu"
+
+    def layer_inverses(self, net: nn.Module) -> List[Optional[LayerInverse]]:
+        out: List[Optional[LayerInverse]] = [None] * net.num_layers
+        for i in _square_indices(net):
+            out[i] = LayerInverse.from_linear(net.layers[i])
+        return out
+
+
+class CachedInverse(InverseStrategy):
+    """An explicit inverse per square layer, kept across steps and corrected each step.
+
+    Args:
+        newton_steps: Newton-Schulz steps ``M <- M + M (I - W M)`` applied to the cached
+            inverse when the weights have changed since it was last corrected
+            (``2 n^3`` multiply-adds each). Each squares the error ``I - W M``.
+        refinements: iterative-refinement steps per solve (``2 N n^2`` each). Each
+            multiplies the error of the solution by ``I - W M``.
+        refresh_every: recompute every ``M`` exactly (LU) after this many corrections;
+            ``None`` never does unless ``max_residual`` trips.
+        max_residual: recompute ``M`` exactly when ``||I - W M||_F`` before a
+            Newton-Schulz step exceeds this (the step then could not guarantee
+            ``||I - W M_new||_2 <= max_residual^2``).
+
+    The error of one solve is at most ``||E_used||_2^(refinements + 1)`` relative to
+    ``||r|| ||W^-1||``, where ``E_used = I - W M`` for the ``M`` used in the solve; after
+    a Newton-Schulz step ``E_used = E^2`` with ``E`` this step's drift (about ``3e-3``
+    for Adam at lr ``1.9e-5``, width 500; measured in ``benchmarks/README.md``).
+    """
+
+    name = "cached"
+
+    def __init__(
+        self,
+        *,
+        newton_steps: int = 1,
+        refinements: int = 0,
+        refresh_every: Optional[int] = None,
+        max_residual: float = 0.05,
+    ) -> None:
+        if not isinstance(newton_steps, int) or newton_steps < 0:
+            raise ValueError(f"newton_steps must be an integer >= 0, got {newton_steps!r}")
+        if not isinstance(refinements, int) or refinements < 0:
+            raise ValueError(f"refinements must be an integer >= 0, got {refinements!r}")
+        if newton_steps == 0 and refinements == 0:
+            raise ValueError(
+                "newton_steps=0 and refinements=0 would use a stale inverse uncorrected; "
+                "set one of them >= 1"
+            )
+        if refresh_every is not None and (not isinstance(refresh_every, int) or refresh_every < 1):
+            raise ValueError(f"refresh_every must be None or an integer >= 1, got {refresh_every!r}")
+        if not max_residual > 0:
+            raise ValueError(f"max_residual must be positive, got {max_residual}")
+        self.newton_steps = newton_steps
+        self.refinements = refinements
+        self.refresh_every = refresh_every
+        self.max_residual = float(max_residual)
+        self._cache: Dict[int, Tuple[Tensor, Tuple[int, int], int]] = {}
+        self.exact_refreshes = 0
+        self.last_residual = math.nan
+
+    def reset(self) -> None:
+        self._cache.clear()
+        self.exact_refreshes = 0
+        self.last_residual = math.nan
+
+    def extra_state(self) -> Dict[str, float]:
+        return {"inverse/residual": self.last_residual, "inverse/exact_refreshes": float(self.exact_refreshes)}
+
+    def __repr__(self) -> str:
+        return (
+            f"CachedInverse(newton_steps={self.newton_steps}, refinements={self.refinements}, "
+            f"refresh_every={self.refresh_every}, max_residual={self.max_residual})"
+        )
+
+    @staticmethod
+    def _key(weight: Tensor) -> Tuple[int, int]:
+        # in-place optimizer updates bump the version counter; a new tensor has a new pointer
+        return (weight.data_ptr(), weight._version)
+
+    @torch.no_grad()
+    def _exact(self, weight: Tensor) -> Tensor:
+        self.exact_refreshes += 1
+        # M with X M = ... : (weight^T)^-1 = (weight^-1)^T
+        return torch.linalg.inv(weight).T.contiguous()
+
+    @torch.no_grad()
+    def _newton_schulz(self, weight: Tensor, inverse: Tensor) -> Tuple[Tensor, float]:
+        """One step ``M + M (I - W M)`` with ``W = weight^T``; returns it and ``||I - W M||_F``."""
+        residual = torch.mm(weight.T, inverse).neg_()
+        residual.diagonal().add_(1.0)
+        norm = float(torch.linalg.matrix_norm(residual))
+        return torch.addmm(inverse, inverse, residual), norm
+
+    @torch.no_grad()
+    def inverse_of(self, index: int, weight: Tensor) -> Tensor:
+        """The corrected cached inverse of ``weight^T`` for layer ``index``."""
+        weight = weight.detach()
+        key = self._key(weight)
+        cached = self._cache.get(index)
+        if (
+            cached is None
+            or cached[0].shape != weight.shape
+            or cached[0].dtype != weight.dtype
+            or cached[0].device != weight.device
+        ):
+            inverse, age = self._exact(weight), 0
+        else:
+            inverse, cached_key, age = cached
+            if cached_key != key:
+                age += 1
+                if self.refresh_every is not None and age >= self.refresh_every:
+                    inverse, age = self._exact(weight), 0
+                else:
+                    for _ in range(self.newton_steps):
+                        inverse, norm = self._newton_schulz(weight, inverse)
+                        self.last_residual = norm
+                        if not norm <= self.max_residual:  # also catches NaN
+                            inverse, age = self._exact(weight), 0
+                            break
+        self._cache[index] = (inverse, self._key(weight), age)
+        return inverse
+
+    def layer_inverses(self, net: nn.Module) -> List[Optional[MatrixInverse]]:
+        out: List[Optional[MatrixInverse]] = [None] * net.num_layers
+        for i in _square_indices(net):
+            weight = net.layers[i].weight.detach()
+            out[i] = MatrixInverse(self.inverse_of(i, weight), weight, self.refinements)
+        return out
+
+
+INVERSE_STRATEGIES = {ExactInverse.name: ExactInverse, CachedInverse.name: CachedInverse}
+
+
+def build_inverse_strategy(spec: Union[str, InverseStrategy, None]) -> InverseStrategy:
+    """``"lu"`` (exact, default), ``"cached"``, or an :class:`InverseStrategy` instance."""
+    if spec is None:
+        return ExactInverse()
+    if isinstance(spec, InverseStrategy):
+        return spec
+    if isinstance(spec, str) and spec in INVERSE_STRATEGIES:
+        return INVERSE_STRATEGIES[spec]()
+    raise ValueError(
+        f"inverse={spec!r} is not known; choose one of {sorted(INVERSE_STRATEGIES)} "
+        "or pass an InverseStrategy instance"
+    )

@@ -1,0 +1,321 @@
+"""``python -m lightning_gait.plot RUN_DIR_OR_CSV``: PNG figures of a run, without a W&B account.
+
+Reads either a CSV-logged run (``metrics.csv`` of Lightning's ``CSVLogger``, or a folder
+holding one) or an offline W&B run (a folder holding ``run-*.wandb``, read by
+:mod:`lightning_gait.wandb_history`), and writes, for whatever the run logged:
+
+* ``accuracy.png``: training and validation accuracy and loss over steps (test accuracy
+  as a dashed line);
+* ``bp_alignment.png``: per layer over training, ``bp_corr``, ``bp_cos``, ``bp_angle``
+  and ``bp_norm_ratio`` (:class:`~lightning_gait.callbacks.BPCorrelation`);
+* ``bp_alignment_at_init.png``: per layer, mean and standard deviation over freshly
+  initialised networks (``BPCorrelation(at_init=True)``, the paper's Fig. 2B);
+* ``target_norms.png``: per layer ``target_norm``, ``gamma`` (min-max band) and the
+  multiplier's log10 range (:class:`~lightning_gait.callbacks.TargetNorms`);
+* ``orthogonality.png``: per square layer ``ortho`` and ``cond``
+  (:class:`~lightning_gait.callbacks.Orthogonality`).
+
+Figures go to ``--out`` (default: a ``plots`` folder beside the input). Layers are
+coloured from the input (dark) to the output (light).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+__all__ = ["Series", "load_run", "load_csv", "load_wandb", "plot_run", "main"]
+
+#: ``key -> (steps, values)``, both lists in logging order, NaN kept
+Series = Dict[str, Tuple[List[float], List[float]]]
+
+_LAYER = re.compile(r"^(?P<family>[A-Za-z0-9_]+)/layer_(?P<k>\d+)$")
+
+
+def _as_float(value) -> Optional[float]:
+    if value is None or value == "" or isinstance(value, (dict, list, bool)):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _append(series, key: str, step: float, value: float) -> None:
+    steps, values = series.setdefault(key, ([], []))
+    steps.append(step)
+    values.append(value)
+
+
+def load_csv(path: Union[str, Path]) -> Series:
+    """Every numeric column of a Lightning ``metrics.csv`` against its ``step`` column."""
+    series: Series = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            step = _as_float(row.get("step"))
+            if step is None:
+                continue
+            for key, raw in row.items():
+                if key in ("step", None):
+                    continue
+                value = _as_float(raw)
+                if value is not None:
+                    _append(series, key, step, value)
+    return series
+
+
+def load_wandb(path: Union[str, Path]) -> Series:
+    """Every numeric key of an offline W&B run against ``trainer/global_step`` (else ``_step``)."""
+    from .wandb_history import read_history
+
+    series: Series = {}
+    for row in read_history(path):
+        step = _as_float(row.get("trainer/global_step"))
+        if step is None:
+            step = _as_float(row.get("_step"))
+        if step is None:
+            continue
+        for key, raw in row.items():
+            if key.startswith("_") or key == "trainer/global_step":
+                continue
+            value = _as_float(raw)
+            if value is not None:
+                _append(series, key, step, value)
+    return series
+
+
+def _find(path: Path, pattern: str) -> List[Path]:
+    return sorted(path.rglob(pattern), key=lambda p: p.stat().st_mtime)
+
+
+def load_run(path: Union[str, Path]) -> Tuple[Series, Path, str]:
+    """``(series, source file, kind)`` for a ``metrics.csv``, a ``.wandb`` file or a folder of either.
+
+    In a folder, an offline W&B run is preferred to a CSV (the newest of each).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such file or folder: {path}")
+    if path.is_file():
+        if path.suffix == ".csv":
+            return load_csv(path), path, "csv"
+        if path.suffix == ".wandb":
+            return load_wandb(path), path, "wandb"
+        raise ValueError(f"{path}: expected a metrics .csv, a .wandb file or a run folder")
+    runs = [p for p in _find(path, "run-*.wandb") if "latest-run" not in p.parts]
+    if runs:
+        return load_wandb(runs[-1]), runs[-1], "wandb"
+    csvs = _find(path, "metrics.csv")
+    if csvs:
+        return load_csv(csvs[-1]), csvs[-1], "csv"
+    raise FileNotFoundError(f"no metrics.csv and no run-*.wandb under {path}")
+
+
+def layer_series(series: Series, family: str) -> List[Tuple[int, List[float], List[float]]]:
+    """``(k, steps, values)`` for every ``{family}/layer_{k}``, by layer number."""
+    out = []
+    for key, (steps, values) in series.items():
+        m = _LAYER.match(key)
+        if m and m.group("family") == family:
+            out.append((int(m.group("k")), steps, values))
+    return sorted(out)
+
+
+def _colours(n: int):
+    import matplotlib
+
+    cmap = matplotlib.colormaps["viridis"]
+    return [cmap(0.9 * i / max(n - 1, 1)) for i in range(n)]
+
+
+def _use_log(values: Sequence[float]) -> bool:
+    finite = [v for v in values if not math.isnan(v) and not math.isinf(v)]
+    return bool(finite) and min(finite) > 0 and max(finite) / min(finite) > 100
+
+
+def _layer_panel(ax, series: Series, family: str, *, title: str, ylabel: str, log: Optional[bool] = None) -> bool:
+    layers = layer_series(series, family)
+    if not layers:
+        ax.set_visible(False)
+        return False
+    for colour, (k, steps, values) in zip(_colours(len(layers)), layers):
+        ax.plot(steps, values, color=colour, label=f"layer {k}", marker="." if len(steps) < 30 else None)
+    every = [v for _, _, values in layers for v in values]
+    if log if log is not None else _use_log(every):
+        ax.set_yscale("log")
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", ncol=2)
+    return True
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def plot_accuracy(series: Series, out: Path, title: str) -> Optional[Path]:
+    import matplotlib.pyplot as plt
+
+    acc_keys = [k for k in ("train/acc_step", "train/acc_epoch", "train/acc", "val/acc") if k in series]
+    loss_keys = [k for k in ("train/loss_step", "train/loss_epoch", "train/loss", "val/loss") if k in series]
+    if not acc_keys and not loss_keys:
+        return None
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
+    styles = {"train/acc_step": dict(alpha=0.35, lw=0.8), "train/loss_step": dict(alpha=0.35, lw=0.8)}
+    for ax, keys, name in ((ax_acc, acc_keys, "accuracy"), (ax_loss, loss_keys, "cross-entropy per sample")):
+        for key in keys:
+            steps, values = series[key]
+            ax.plot(steps, values, label=key, marker="." if len(steps) < 30 else None, **styles.get(key, {}))
+        ax.set_xlabel("step")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    if "test/acc" in series:
+        ax_acc.axhline(series["test/acc"][1][-1], ls="--", color="k", lw=1, label="test/acc")
+    if ax_acc.lines:
+        ax_acc.legend(fontsize="small")
+    if ax_loss.lines:
+        ax_loss.legend(fontsize="small")
+    ax_acc.set_title("accuracy")
+    ax_loss.set_title("loss")
+    fig.suptitle(title)
+    return _save(fig, out / "accuracy.png")
+
+
+def plot_alignment(series: Series, out: Path, title: str) -> Optional[Path]:
+    import matplotlib.pyplot as plt
+
+    if not layer_series(series, "bp_corr"):
+        return None
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    _layer_panel(axes[0, 0], series, "bp_corr", title="Pearson correlation with backprop", ylabel="bp_corr", log=False)
+    _layer_panel(axes[0, 1], series, "bp_cos", title="cosine similarity with backprop", ylabel="bp_cos", log=False)
+    _layer_panel(axes[1, 0], series, "bp_angle", title="angle to backprop", ylabel="degrees", log=False)
+    _layer_panel(axes[1, 1], series, "bp_norm_ratio", title="||update|| / ||backprop||", ylabel="bp_norm_ratio")
+    fig.suptitle(f"{title}: alignment of each layer's update with backprop (float64)")
+    return _save(fig, out / "bp_alignment.png")
+
+
+def plot_alignment_at_init(series: Series, out: Path, title: str) -> Optional[Path]:
+    import matplotlib.pyplot as plt
+
+    means = layer_series(series, "bp_corr_init")
+    if not means:
+        return None
+    stds = {k: values[-1] for k, _, values in layer_series(series, "bp_corr_init_std")}
+    ks = [k for k, _, _ in means]
+    ys = [values[-1] for _, _, values in means]
+    errs = [stds.get(k, float("nan")) for k in ks]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.bar([str(k) for k in ks], ys, yerr=[0 if math.isnan(e) else e for e in errs], color=_colours(len(ks)), capsize=3)
+    ax.set_ylim(min(-0.1, min((y for y in ys if not math.isnan(y)), default=0) - 0.05), 1.05)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xlabel("layer (1 = input)")
+    ax.set_ylabel("bp_corr at init (mean ± std over networks)")
+    ax.set_title(f"{title}: correlation with backprop at init")
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, out / "bp_alignment_at_init.png")
+
+
+def _band_panel(ax, series: Series, family: str, *, title: str, ylabel: str, log: bool) -> bool:
+    """Mean per layer as a line, ``{family}_min`` .. ``{family}_max`` as a band."""
+    layers = layer_series(series, family)
+    if not layers:
+        ax.set_visible(False)
+        return False
+    low = {k: (s, v) for k, s, v in layer_series(series, f"{family}_min")}
+    high = {k: (s, v) for k, s, v in layer_series(series, f"{family}_max")}
+    for colour, (k, steps, values) in zip(_colours(len(layers)), layers):
+        ax.plot(steps, values, color=colour, label=f"layer {k}", marker="." if len(steps) < 30 else None)
+        if k in low and k in high and low[k][0] == high[k][0]:
+            ax.fill_between(low[k][0], low[k][1], high[k][1], color=colour, alpha=0.2, lw=0)
+    if log:
+        ax.set_yscale("log")
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", ncol=2)
+    return True
+
+
+def plot_targets(series: Series, out: Path, title: str) -> Optional[Path]:
+    import matplotlib.pyplot as plt
+
+    if not layer_series(series, "target_norm"):
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    _layer_panel(axes[0], series, "target_norm", title="||t - a|| (batch mean)", ylabel="target_norm")
+    gammas = [v for _, _, values in layer_series(series, "gamma") for v in values]
+    _band_panel(axes[1], series, "gamma", title="gamma used (mean, min-max band)", ylabel="gamma",
+                log=_use_log(gammas) or (bool(gammas) and min(gammas) > 0))
+    _band_panel(axes[2], series, "log10_multiplier", title="multiplier (mean, min-max band)",
+                ylabel="log10 multiplier", log=False)
+    fig.suptitle(f"{title}: targets")
+    return _save(fig, out / "target_norms.png")
+
+
+def plot_orthogonality(series: Series, out: Path, title: str) -> Optional[Path]:
+    import matplotlib.pyplot as plt
+
+    if not layer_series(series, "ortho") and not layer_series(series, "cond"):
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    _layer_panel(axes[0], series, "ortho", title="||W W^T - I||_F / sqrt(n)", ylabel="ortho")
+    _layer_panel(axes[1], series, "cond", title="condition number of W", ylabel="cond")
+    fig.suptitle(f"{title}: orthogonality of the square layers")
+    return _save(fig, out / "orthogonality.png")
+
+
+def plot_run(path: Union[str, Path], *, out: Optional[Union[str, Path]] = None) -> List[Path]:
+    """Write every figure the run's logs allow; return the PNG paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    series, source, kind = load_run(path)
+    out_dir = Path(out) if out is not None else (Path(path) if Path(path).is_dir() else Path(path).parent) / "plots"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    title = source.parent.name if kind == "wandb" else f"{source.parent.parent.name}/{source.parent.name}"
+    written = []
+    for plot in (plot_accuracy, plot_alignment, plot_alignment_at_init, plot_targets, plot_orthogonality):
+        result = plot(series, out_dir, title)
+        if result is not None:
+            written.append(result)
+    return written
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m lightning_gait.plot",
+        description="PNG figures (accuracy, correlation with backprop, target norms, orthogonality) "
+        "from a CSV-logged run (metrics.csv) or an offline W&B run folder.",
+    )
+    parser.add_argument("run", help="metrics.csv, a run-*.wandb file, or a folder holding either")
+    parser.add_argument("--out", default=None, help="output folder (default: RUN/plots)")
+    args = parser.parse_args(argv)
+    try:
+        written = plot_run(args.run, out=args.out)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not written:
+        print(f"error: {args.run} holds no metric this command can plot", file=sys.stderr)
+        return 1
+    for path in written:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -220,6 +220,8 @@ class LocalLearningRule(pl.LightningModule):
         try:
             out = self.local_objective(x, y)
         except NonFiniteError as err:
+            if self._world_size() > 1:
+                self._join_reduction_with_nan(opt)
             return self._skip_or_raise(err)
         objective = out.objective
         if self.loss_reduction == "sum" and self._world_size() > 1:
@@ -232,6 +234,7 @@ class LocalLearningRule(pl.LightningModule):
         opt.zero_grad(set_to_none=True)
         self.manual_backward(objective)
         try:
+            # under DDP the update is averaged over all ranks: one rank's bad batch shows here on every rank
             self.check_finite([layer.weight.grad for layer in self.net.layers], what="weight update")
         except NonFiniteError as err:
             opt.zero_grad(set_to_none=True)
@@ -244,6 +247,19 @@ class LocalLearningRule(pl.LightningModule):
         self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=True, on_epoch=True, prog_bar=True)
         return per_sample
+
+    def _join_reduction_with_nan(self, opt) -> None:
+        """Under DDP, take part in this step's gradient all-reduce with NaN gradients.
+
+        A rank that stops before its backward would leave the others waiting in the
+        all-reduce (a hang) or, skipping, pair its next all-reduce with their current one.
+        Sending NaN makes the averaged update non-finite on every rank, so all of them
+        take the same skip-or-raise branch of the update check in :meth:`training_step`.
+        """
+        opt.zero_grad(set_to_none=True)
+        nan = float("nan")
+        self.manual_backward(sum((p * nan).sum() for p in self.parameters() if p.requires_grad))
+        opt.zero_grad(set_to_none=True)
 
     def _skip_or_raise(self, err: NonFiniteError):
         if self.on_nonfinite == "raise":

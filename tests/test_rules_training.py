@@ -113,6 +113,7 @@ def test_rule_lowers_the_training_loss_float64(name):
         ("gait_n_difference", lambda net: GAITProp(net, normalize=True, target_mode="difference", lr=LR)),
         ("backprop", lambda net: Backprop(net, lr=LR)),
     ],
+    ids=["gait_n_difference", "backprop"],
 )
 def test_rule_lowers_the_training_loss_float32(name, make_rule):
     net = make_net(dtype=torch.float32)

@@ -1,0 +1,186 @@
+"""The experiment commands (Fig. 2B, the orthogonality drift, Fig. 2A) on small networks and the tiny dataset."""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_gait.diagnostics import backprop_gradients, gradient_alignment, orthogonality_deviation
+from lightning_gait.experiments import correlation, orthogonality, training
+from lightning_gait.experiments.common import build_rule, load_config
+
+
+@pytest.fixture(scope="module")
+def small_rows():
+    """Every variant, dtype and form on one 3072 -> 6 x 32 network and a batch of 16 random images."""
+    g = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (16, 3072), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (16,), generator=g)
+    return correlation.measure_network(0, (images, labels), width=32, depth=6), (images, labels)
+
+
+def _corr(rows, variant, dtype, form, layer):
+    (row,) = [r for r in rows if (r["variant"], r["dtype"], r["form"], r["layer"]) == (variant, dtype, form, layer)]
+    return row["corr"]
+
+
+def test_fig2b_variants_behave_as_the_paper_says(small_rows):
+    rows, _ = small_rows
+    layers = range(1, 8)
+    # normalized targets, float64, the paper's form: backprop's update at every layer
+    for variant in ("GAIT-N", "GAIT-SN"):
+        assert all(_corr(rows, variant, "float64", "paper", k) > 0.9999 for k in layers)
+    # fixed gamma 1e-3, paper form: the difference near the input (~gamma^6) is lost to round-off ...
+    assert abs(_corr(rows, "GAIT", "float64", "paper", 1)) < 0.5
+    # ... and the difference form, the same algorithm without forming t = a + tiny, recovers it
+    assert all(_corr(rows, "GAIT", "float64", "difference", k) > 0.9999 for k in layers)
+    # float32 needs the difference form
+    for variant in ("GAIT", "GAIT-N", "GAIT-S", "GAIT-SN"):
+        assert all(_corr(rows, variant, "float32", "difference", k) > 0.999 for k in layers)
+    assert abs(_corr(rows, "GAIT-N", "float32", "paper", 1)) < 0.5
+    # references: FA and TP agree with BP at the output layer only
+    for variant in ("FA", "TP"):
+        assert _corr(rows, variant, "float64", "-", 7) > 0.9999
+        assert _corr(rows, variant, "float64", "-", 1) < 0.9
+
+
+def test_fig2b_rows_are_the_alignment_of_the_rules_update(small_rows):
+    rows, (images, labels) = small_rows
+    net = correlation.make_network(0, width=32, depth=6)
+    x = correlation.to_inputs(images, torch.float64)
+    rule = correlation.build_variant(correlation.VARIANTS[0], net, form="absolute")
+    updates = rule.local_gradients(x, labels)
+    reference = backprop_gradients(net, x, labels)
+    for k in (1, 4, 7):
+        expected = gradient_alignment(updates[k - 1][0], reference[k - 1][0])
+        (row,) = [r for r in rows if (r["variant"], r["dtype"], r["form"], r["layer"]) == ("GAIT", "float64", "paper", k)]
+        assert row["corr"] == pytest.approx(expected["corr"], abs=1e-12)
+        assert row["angle"] == pytest.approx(expected["angle"], abs=1e-9)
+
+
+def test_summary_statistics_and_nan_are_kept():
+    rows = [{"variant": "V", "dtype": "float64", "form": "paper", "layer": 1, "corr": c, "angle": a}
+            for c, a in ((0.5, 60.0), (0.7, 45.0), (0.9, 25.0))]
+    (s,) = correlation.summarize(rows)
+    assert s["corr_mean"] == pytest.approx(0.7)
+    assert s["corr_std"] == pytest.approx(0.2)  # sample std
+    assert (s["corr_median"], s["corr_min"], s["corr_max"]) == (0.7, 0.5, 0.9)
+    assert s["angle_mean"] == pytest.approx(130.0 / 3)
+    rows.append({"variant": "V", "dtype": "float64", "form": "paper", "layer": 1, "corr": math.nan, "angle": math.nan})
+    (s,) = correlation.summarize(rows)
+    assert s["n_nan"] == 1 and math.isnan(s["corr_mean"]) and math.isnan(s["corr_std"])
+    assert s["corr_min"] == 0.5  # statistics of the defined values are still reported
+
+
+def test_batches_are_distinct_and_seeded(tiny_cifar_root):
+    a = correlation.load_batches(tiny_cifar_root, nets=3, batch_size=8, verify_checksums=False)
+    b = correlation.load_batches(tiny_cifar_root, nets=3, batch_size=8, verify_checksums=False)
+    assert all(torch.equal(x[0], y[0]) for x, y in zip(a, b))
+    assert not torch.equal(a[0][0], a[1][0])
+    with pytest.raises(ValueError, match="batch-size"):
+        correlation.load_batches(tiny_cifar_root, nets=1, batch_size=10_000, verify_checksums=False)
+
+
+def test_correlation_command_writes_csvs_and_png(tiny_cifar_root, tmp_path, capsys):
+    code = correlation.main(["--data-dir", str(tiny_cifar_root), "--out", str(tmp_path), "--quick",
+                             "--no-verify-checksums", "--dtypes", "float64"])
+    assert code == 0
+    rows = correlation.read_csv(tmp_path / "fig2b_correlation.csv")
+    summary = correlation.read_csv(tmp_path / "fig2b_summary.csv")
+    assert {r["variant"] for r in rows} == {"GAIT", "GAIT-N", "GAIT-S", "GAIT-SN", "TP", "FA"}
+    assert {r["net"] for r in rows} == {0, 1} and {r["layer"] for r in rows} == {1, 2, 3, 4}
+    assert len(summary) == len(rows) // 2
+    assert (tmp_path / "fig2b_correlation.png").stat().st_size > 10_000
+    assert "PASS float64 paper GAIT-N" in capsys.readouterr().out
+    assert correlation.main(["--out", str(tmp_path), "--plot-only"]) == 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dtypes", "float16"], "--dtypes"),
+    (["--data-dir", "/nonexistent/folder"], "--data-dir"),
+])
+def test_correlation_command_rejects_bad_options(argv, message, tmp_path, capsys):
+    assert correlation.main(argv + ["--out", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_perturbation_grows_the_deviation_and_lowers_the_correlation():
+    net = correlation.make_network(0, width=32, depth=3)
+    directions = orthogonality.draw_directions(net, 0)
+    assert directions[0] is None and all(d is not None for d in directions[1:])
+    unchanged = orthogonality.perturb(net, directions, 0.0)
+    assert all(torch.equal(p, q) for p, q in zip(net.parameters(), unchanged.parameters()))
+    deviations = [orthogonality_deviation(orthogonality.perturb(net, directions, s).layers[1].weight)
+                  for s in (0.01, 0.1)]
+    # ||W W^T - I||_F / sqrt(n) ~ sqrt(2) (s + s^2) for W + s N(0, 1/n)
+    assert 0.5 * 0.01 < deviations[0] < 3 * 0.01 and 0.5 * 0.1 < deviations[1] < 3 * 0.11
+
+    g = torch.Generator().manual_seed(2)
+    batch = (torch.randint(0, 256, (16, 3072), dtype=torch.uint8, generator=g), torch.randint(0, 10, (16,), generator=g))
+    rows = orthogonality.measure_drift(0, batch, scales=(0.0, 0.03, 0.3), width=32, depth=3)
+    curves = orthogonality.drift_curves(rows, "GAIT-N")
+    x, corr1 = curves[1][0], curves[1][1]
+    assert x[0] < x[1] < x[2]
+    assert corr1[0] > 0.9999 > corr1[1] > corr1[2]
+    assert min(curves[4][1]) > 0.9999  # the output layer inverts nothing
+
+
+def test_orthogonality_command(tiny_cifar_root, tmp_path):
+    code = orthogonality.main(["--data-dir", str(tiny_cifar_root), "--out", str(tmp_path), "--quick",
+                               "--no-verify-checksums", "--nets", "1", "--scales", "0,0.1"])
+    assert code == 0
+    rows = correlation.read_csv(tmp_path / "orthogonality_drift.csv")
+    assert {r["variant"] for r in rows} == {"GAIT-N", "GAIT-SN"}
+    assert (tmp_path / "orthogonality_drift.png").is_file()
+    assert orthogonality.main(["--scales", "-1", "--out", str(tmp_path)]) == 2
+
+
+def test_regimes_use_their_configs_hyperparameters():
+    rule = build_rule("fa")
+    init = load_config("fa")["model"]["init_args"]
+    assert rule.lr == init["lr"] and rule.betas == tuple(init["betas"]) and rule.adam_eps == init["adam_eps"]
+    gait = build_rule("gait_smooth_norm")
+    assert gait.normalize and gait.eta == 1e-7 and gait.ortho_weight == 100.0
+    assert gait.net.activation_name == "smooth_leaky_relu" and gait.net.width == 500
+    with pytest.raises(ValueError, match="regime"):
+        load_config("sgd")
+
+
+def test_training_command_records_test_accuracy(tiny_cifar_root, tmp_path):
+    code = training.main(["--data-dir", str(tiny_cifar_root), "--out", str(tmp_path), "--regimes", "bp,gait_norm",
+                          "--epochs", "1", "--evals-per-epoch", "2", "--no-verify-checksums"])
+    assert code == 0
+    runs = training.read_runs(tmp_path / "training")
+    assert set(runs) == {"bp", "gait_norm"}
+    # 320 training images = 2 batches of 256 and 64: evaluations at 0, 1/2 and 2/2 epochs
+    assert [float(r["epoch"]) for r in runs["gait_norm"]] == [0.0, 0.5, 1.0]
+    assert [int(r["step"]) for r in runs["gait_norm"]] == [0, 1, 2]
+
+    # epoch 0 is the untrained network of the same seed on the (tiny) test set
+    torch.manual_seed(0)
+    import pytorch_lightning as pl
+    from lightning_gait.data import CIFAR10DataModule
+
+    pl.seed_everything(0, verbose=False)
+    rule = build_rule("bp").double()
+    dm = CIFAR10DataModule(data_dir=str(tiny_cifar_root), download=False, val_size=0, verify_checksums=False)
+    dm.setup("fit")
+    x = dm.preprocess(dm.data_test.images, torch.float64)
+    accuracy = (rule.net(x).argmax(1) == dm.data_test.labels).double().mean().item()
+    assert float(runs["bp"][0]["test_acc"]) == pytest.approx(accuracy)
+
+    with open(tmp_path / "training" / "summary.csv") as f:
+        summary = {row["regime"]: row for row in csv.DictReader(f)}
+    assert summary["gait_norm"]["status"] == "ok"
+    assert float(summary["gait_norm"]["final_test_acc"]) == float(runs["gait_norm"][-1]["test_acc"])
+    assert float(summary["bp"]["best_test_acc"]) == max(float(r["test_acc"]) for r in runs["bp"][1:])
+    assert (tmp_path / "fig2a_training.png").is_file()
+    assert training.main(["--out", str(tmp_path), "--plot-only"]) == 0
+
+
+def test_training_command_rejects_unknown_regime(tmp_path, capsys):
+    assert training.main(["--regimes", "bp,sgd", "--out", str(tmp_path)]) == 2
+    assert "sgd" in capsys.readouterr().err

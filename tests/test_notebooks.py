@@ -1,0 +1,78 @@
+"""The figure notebooks execute, so that they never rot: on the tiny dataset, and on the committed results."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+kernelspec = pytest.importorskip("ipykernel.kernelspec")
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = REPO / "notebooks"
+KERNEL = "lightning-gait-tests"
+
+
+@pytest.fixture(scope="module")
+def kernel_name(tmp_path_factory):
+    """A kernel spec for this very interpreter (the venv's), installed into a temporary prefix."""
+    prefix = tmp_path_factory.mktemp("kernel")
+    kernelspec.install(prefix=str(prefix), kernel_name=KERNEL)
+    patch = pytest.MonkeyPatch()
+    patch.setenv("JUPYTER_PATH", str(prefix / "share" / "jupyter"))
+    yield KERNEL
+    patch.undo()
+
+
+def execute(name: str, kernel: str) -> "nbformat.NotebookNode":
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    client = nbclient.NotebookClient(nb, kernel_name=kernel, timeout=300,
+                                     resources={"metadata": {"path": str(NOTEBOOKS)}})
+    client.execute()
+    return nb
+
+
+def images(nb) -> int:
+    return sum("image/png" in out.get("data", {}) for cell in nb.cells if cell.cell_type == "code"
+               for out in cell.get("outputs", []))
+
+
+def text(nb) -> str:
+    return "".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code"
+                   for out in cell.get("outputs", []))
+
+
+@pytest.fixture
+def tiny_run_env(monkeypatch, tiny_cifar_root, tmp_path):
+    monkeypatch.setenv("LIGHTNING_GAIT_DATA_DIR", str(tiny_cifar_root))
+    monkeypatch.setenv("LIGHTNING_GAIT_RESULTS", str(tmp_path))
+    monkeypatch.setenv("LIGHTNING_GAIT_RUN", "1")
+    monkeypatch.setenv("LIGHTNING_GAIT_QUICK", "1")
+    monkeypatch.setenv("LIGHTNING_GAIT_VERIFY_CHECKSUMS", "0")
+    monkeypatch.setenv("MPLBACKEND", "Agg")  # CI's setting: figures must still reach the outputs
+    return tmp_path
+
+
+def test_fig2b_notebook_runs_and_draws(kernel_name, tiny_run_env):
+    nb = execute("fig2b_correlation.ipynb", kernel_name)
+    assert images(nb) == 2  # the correlation bars and the drift curves
+    assert "GAIT-SN" in text(nb)
+    assert (tiny_run_env / "fig2b_summary.csv").is_file()
+
+
+def test_fig2a_notebook_runs_and_draws(kernel_name, tiny_run_env):
+    nb = execute("fig2a_training.ipynb", kernel_name)
+    assert images(nb) == 1
+    assert "GAIT-N" in text(nb) and "BP" in text(nb)
+    assert sorted(p.name for p in (tiny_run_env / "training").glob("*.csv")) == ["bp.csv", "gait_norm.csv", "summary.csv"]
+
+
+def test_notebooks_draw_the_committed_results(kernel_name, monkeypatch):
+    results = REPO / "results"
+    if not (results / "fig2b_summary.csv").is_file() or not (results / "training").is_dir():
+        pytest.skip("no committed results/ to draw")
+    monkeypatch.setenv("LIGHTNING_GAIT_RESULTS", str(results))
+    monkeypatch.setenv("LIGHTNING_GAIT_RUN", "0")
+    assert images(execute("fig2b_correlation.ipynb", kernel_name)) >= 1
+    assert images(execute("fig2a_training.ipynb", kernel_name)) == 1

@@ -184,3 +184,15 @@ def test_training_command_records_test_accuracy(tiny_cifar_root, tmp_path):
 def test_training_command_rejects_unknown_regime(tmp_path, capsys):
     assert training.main(["--regimes", "bp,sgd", "--out", str(tmp_path)]) == 2
     assert "sgd" in capsys.readouterr().err
+
+
+def test_tracked_training_records_orthogonality_and_alignment(tiny_cifar_root, tmp_path):
+    summary = training.train_regime("gait_norm", data_dir=tiny_cifar_root, out=tmp_path, epochs=1,
+                                    verify_checksums=False, track_alignment=True, folder="tracked")
+    assert summary["status"] == "ok"
+    rows = correlation.read_csv(tmp_path / "tracked" / "gait_norm.csv")
+    assert [r["epoch"] for r in rows] == [0.0, 1.0]
+    untrained, trained = rows
+    assert untrained["ortho_dev"] < 1e-5 < trained["ortho_dev"]  # Adam moves the weights off orthogonal
+    assert all(r["bp_corr_layer_7"] > 0.9999 for r in rows)  # the output layer inverts nothing
+    assert 0.9 < trained["bp_corr_layer_1"] <= 1.0

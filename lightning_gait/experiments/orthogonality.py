@@ -153,8 +153,29 @@ def drift_curves(rows: Sequence[Dict[str, object]], variant: str, form: str = "p
     return curves
 
 
-def plot_drift(rows: Sequence[Dict[str, object]], path: Optional[Path] = None, *, form: str = "paper"):
-    """Correlation (top) and ``1 - correlation`` (bottom, log-log) against the deviation, per layer."""
+#: training regimes whose tracked runs are drawn over the perturbation curves of a variant
+TRAINED_REGIMES = {"GAIT-N": "gait_norm", "GAIT-SN": "gait_smooth_norm"}
+
+
+def read_trained(folder: Path) -> Dict[str, List[Dict[str, object]]]:
+    """``regime -> rows`` of ``training --track-alignment`` runs (``ortho_dev``, ``bp_corr_layer_k``)."""
+    out = {}
+    for regime in TRAINED_REGIMES.values():
+        path = Path(folder) / f"{regime}.csv"
+        if path.is_file():
+            rows = read_csv(path)
+            if rows and "ortho_dev" in rows[0]:
+                out[regime] = rows
+    return out
+
+
+def plot_drift(rows: Sequence[Dict[str, object]], path: Optional[Path] = None, *, form: str = "paper",
+               trained: Optional[Dict[str, List[Dict[str, object]]]] = None):
+    """Correlation (top) and ``1 - correlation`` (bottom, log-log) against the deviation, per layer.
+
+    ``trained`` (from :func:`read_trained`): networks measured during training, drawn as
+    crosses at their own ``ortho_dev`` (the untrained network, epoch 0, left out).
+    """
     import matplotlib.pyplot as plt
 
     variants = [v.name for v in DRIFT_VARIANTS if any(r["variant"] == v.name for r in rows)]
@@ -176,6 +197,12 @@ def plot_drift(rows: Sequence[Dict[str, object]], path: Optional[Path] = None, *
                                   label=f"layer {layer}")
             one_minus = [max(1.0 - m, 1e-17) if not math.isnan(m) else math.nan for m in mk]
             axes[1, col].plot(xk, one_minus, marker="o", markersize=3, color=color, label=f"layer {layer}")
+            for r in (trained or {}).get(TRAINED_REGIMES.get(name, ""), []):
+                value = r.get(f"bp_corr_layer_{layer}")
+                if float(r["epoch"]) > 0 and isinstance(value, float):
+                    axes[0, col].plot([r["ortho_dev"]], [value], marker="x", color=color, linestyle="none")
+                    axes[1, col].plot([r["ortho_dev"]], [max(1.0 - value, 1e-17)], marker="x", color=color,
+                                      linestyle="none")
         axes[0, col].set_xscale("log")
         axes[0, col].set_ylabel("correlation with BP")
         axes[0, col].set_title(f"{name}, float64, {form} form")
@@ -186,6 +213,9 @@ def plot_drift(rows: Sequence[Dict[str, object]], path: Optional[Path] = None, *
             axes[row, col].set_xlabel(r"$\|W W^T - I\|_F / \sqrt{n}$ (mean over square layers)")
             axes[row, col].grid(alpha=0.3, which="both")
     axes[0, 0].legend(fontsize=7)
+    if trained:
+        fig.suptitle("dots: W + s N(0, 1/n) on untrained networks (mean, min-max over networks); "
+                     "crosses: the network during training", fontsize=9)
     fig.tight_layout()
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -211,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--depth", type=int, default=6)
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 networks, batch 32, width 64, depth 3")
     parser.add_argument("--no-verify-checksums", action="store_true", help="for generated (test) datasets")
+    parser.add_argument("--trained", default=None,
+                        help="folder of `training --track-alignment` CSVs to overlay (default OUT/training_alignment)")
     parser.add_argument("--plot-only", action="store_true", help="redraw the PNG from OUT/orthogonality_drift.csv")
     return parser
 
@@ -218,13 +250,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.out)
+    args.trained = args.trained or str(out / "training_alignment")
     form_codes = {"paper": "absolute", "difference": "difference"}
     try:
         if args.plot_only:
             path = out / "orthogonality_drift.csv"
             if not path.is_file():
                 raise ValueError(f"--plot-only: {path} not found")
-            close_figure(plot_drift(read_csv(path), out / "orthogonality_drift.png"))
+            close_figure(plot_drift(read_csv(path), out / "orthogonality_drift.png",
+                                    trained=read_trained(Path(args.trained))))
             return 0
         try:
             scales = [float(s) for s in args.scales.split(",") if s.strip()]
@@ -247,7 +281,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows = run_drift(batches, scales=scales, forms=[form_codes[f] for f in forms], seed=args.seed,
                      width=args.width, depth=args.depth)
     write_csv(out / "orthogonality_drift.csv", rows, DRIFT_COLUMNS)
-    close_figure(plot_drift(rows, out / "orthogonality_drift.png", form=forms[0]))
+    close_figure(plot_drift(rows, out / "orthogonality_drift.png", form=forms[0],
+                            trained=read_trained(Path(args.trained))))
     print(f"wrote {out / 'orthogonality_drift.csv'} and {out / 'orthogonality_drift.png'} "
           f"in {time.perf_counter() - start:.0f} s")
     for name in [v.name for v in DRIFT_VARIANTS]:

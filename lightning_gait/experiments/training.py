@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -71,8 +72,11 @@ class EvaluationRecorder:
         pl = _import_pl()
 
         class _Recorder(pl.Callback):
-            def __init__(self, path: Path, *, regime: str, seed: int, batches_per_epoch: int) -> None:
+            def __init__(self, path: Path, *, regime: str, seed: int, batches_per_epoch: int,
+                         track_batch: Optional[tuple] = None) -> None:
                 self.path = Path(path)
+                self.track_batch = track_batch
+                self.columns = list(RUN_COLUMNS)
                 self.regime = regime
                 self.seed = seed
                 self.batches_per_epoch = max(int(batches_per_epoch), 1)
@@ -124,8 +128,30 @@ class EvaluationRecorder:
                     "dtype": dtype,
                     "seed": self.seed,
                 })
+                if self.track_batch is not None:
+                    self.rows[-1].update(self._alignment(trainer, pl_module))
                 self._reset_window()
-                write_rows(self.path, self.rows, RUN_COLUMNS)
+                write_rows(self.path, self.rows, self.columns)
+
+            def _alignment(self, trainer, pl_module) -> Dict[str, float]:
+                """``ortho_dev`` (mean over square layers) and ``bp_corr_layer_{k}`` on the fixed batch."""
+                from ..diagnostics import orthogonality_metrics, rule_alignment
+
+                images, labels = self.track_batch
+                param = next(pl_module.parameters())
+                # Lightning evaluates under inference mode; the rule's update needs autograd
+                with torch.inference_mode(False), torch.enable_grad():
+                    x = trainer.datamodule.preprocess(images.to(param.device), param.dtype)
+                    alignment = rule_alignment(pl_module, x, labels.to(param.device))
+                ortho = orthogonality_metrics(pl_module.net, condition=False)
+                out = {"ortho_dev": statistics.fmean(ortho.values()) if ortho else math.nan}
+                for name, value in alignment.items():
+                    if name.startswith("bp_corr/"):
+                        out["bp_corr_" + name.split("/", 1)[1]] = value
+                for key in out:
+                    if key not in self.columns:
+                        self.columns.append(key)
+                return out
 
         return _Recorder(*args, **kwargs)
 
@@ -143,7 +169,7 @@ def write_rows(path: Path, rows: Sequence[Dict[str, object]], columns: Sequence[
 
 def _fmt(value):
     if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.6g}"
+        return "nan" if math.isnan(value) else f"{value:.10g}"
     return value
 
 
@@ -160,8 +186,17 @@ def train_regime(
     limit_train_batches: Optional[int] = None,
     limit_val_batches: Optional[int] = None,
     verify_checksums: bool = True,
+    track_alignment: bool = False,
+    folder: str = "training",
 ) -> Dict[str, object]:
-    """Train one regime; write ``out/training/{regime}.csv``; return its summary row."""
+    """Train one regime; write ``out/{folder}/{regime}.csv``; return its summary row.
+
+    With ``track_alignment``, every evaluation also records the mean orthogonality
+    deviation ``||W W^T - I||_F / sqrt(n)`` of the square layers (``ortho_dev``) and the
+    per-layer correlation of the rule's update with backprop's (``bp_corr_layer_{k}``,
+    :func:`lightning_gait.diagnostics.rule_alignment`) on one fixed batch: the first
+    ``batch_size`` images of the training set.
+    """
     pl = _import_pl()
     from ..data import CIFAR10DataModule
     from ..targets import NonFiniteError
@@ -183,8 +218,12 @@ def train_regime(
     full_epoch = math.ceil(len(datamodule.data_train) / datamodule.batch_size)
     batches_per_epoch = full_epoch if limit_train_batches is None else min(full_epoch, int(limit_train_batches))
     # the epoch column counts full passes over the training set, also when an epoch is cut short
-    recorder = EvaluationRecorder(out / "training" / f"{regime}.csv", regime=regime, seed=seed,
-                                  batches_per_epoch=full_epoch)
+    track_batch = None
+    if track_alignment:
+        n = datamodule.batch_size
+        track_batch = (datamodule.data_train.images[:n], datamodule.data_train.labels[:n])
+    recorder = EvaluationRecorder(out / folder / f"{regime}.csv", regime=regime, seed=seed,
+                                  batches_per_epoch=full_epoch, track_batch=track_batch)
     interval = 1.0 if evals_per_epoch <= 1 else max(1, batches_per_epoch // evals_per_epoch)
     trainer = pl.Trainer(
         max_epochs=epochs,
@@ -336,16 +375,22 @@ def run(
     limit_train_batches: Optional[int] = None,
     limit_val_batches: Optional[int] = None,
     verify_checksums: bool = True,
+    track_alignment: bool = False,
+    folder: str = "training",
 ) -> List[Dict[str, object]]:
-    """Train each regime in turn, then write ``training/summary.csv`` and ``fig2a_training.png``."""
+    """Train each regime in turn, then write ``{folder}/summary.csv`` and, for ``folder="training"``,
+    ``fig2a_training.png``."""
     summaries = []
     for regime in regimes:
         summaries.append(train_regime(
             regime, data_dir=data_dir, out=out, epochs=epochs, seed=seed, evals_per_epoch=evals_per_epoch,
             accelerator=accelerator, precision=precision, limit_train_batches=limit_train_batches,
             limit_val_batches=limit_val_batches, verify_checksums=verify_checksums,
+            track_alignment=track_alignment, folder=folder,
         ))
-        merge_summary(out / "training" / "summary.csv", summaries[-1])
+        merge_summary(out / folder / "summary.csv", summaries[-1])
+    if folder != "training":
+        return summaries
     runs = read_runs(out / "training")  # every regime in the folder, also those trained elsewhere
     close_figure(plot_training(runs, out / "fig2a_training.png"))
     return summaries
@@ -380,6 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit-val-batches", type=int, default=None, help="test batches per evaluation")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--no-verify-checksums", action="store_true", help="for generated (test) datasets")
+    parser.add_argument("--track-alignment", action="store_true",
+                        help="also record ortho_dev and per-layer bp_corr at each evaluation (see train_regime); "
+                             "written to OUT/training_alignment/ so that the Fig. 2A CSVs are left alone")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 4 training batches per epoch, 2 test batches")
     parser.add_argument("--plot-only", action="store_true", help="redraw the PNG from the CSVs in --out")
@@ -416,7 +464,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         regimes=regimes, data_dir=data_dir, out=out, epochs=args.epochs, seed=args.seed,
         evals_per_epoch=args.evals_per_epoch, accelerator=args.accelerator, precision=args.precision,
         limit_train_batches=limit_train, limit_val_batches=limit_val,
-        verify_checksums=not args.no_verify_checksums,
+        verify_checksums=not args.no_verify_checksums, track_alignment=args.track_alignment,
+        folder="training_alignment" if args.track_alignment else "training",
     )
     for s in summaries:
         print(f"{s['label']:8s} final {100 * s['final_test_acc']:.2f}%  best {100 * s['best_test_acc']:.2f}% "

@@ -84,6 +84,8 @@ class InverseStrategy:
     """
 
     name: str = "abstract"
+    #: True when the solves are exact to round-off (the paper's target form needs that)
+    exact: bool = False
 
     def layer_inverses(self, net: nn.Module) -> List[Optional[object]]:  # pragma: no cover
         raise NotImplementedError
@@ -107,12 +109,11 @@ class ExactInverse(InverseStrategy):
     """An LU factorisation of each square weight in every step (exact to round-off)."""
 
     name = "lu"
+    exact = True
 
     def layer_inverses(self, net: nn.Module) -> List[Optional[LayerInverse]]:
-        out: List[Optional[LayerInverse]] = [None] * net.num_layers
-        for i in _square_indices(net):
-            out[i] = LayerInverse.from_linear(net.layers[i])
-        return out
+        # every layer after the first is square in an invertible network
+        return [None] + [net.layer_inverse(i) for i in range(1, net.num_layers)]
 
 
 class CachedInverse(InverseStrategy):
@@ -142,7 +143,7 @@ class CachedInverse(InverseStrategy):
         self,
         *,
         newton_steps: int = 1,
-        refinements: int = 0,
+        refinements: int = 1,
         refresh_every: Optional[int] = None,
         max_residual: float = 0.05,
     ) -> None:

@@ -1,11 +1,12 @@
 """GAIT-prop: Gradient Adjusted Incremental Target propagation (and its variants)."""
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Union
 
 import torch
 from torch import Tensor
 
+from ..inverses import InverseStrategy, build_inverse_strategy
 from ..networks import ForwardTrace, InvertibleMLP, LayerInverse
 from ..targets import (
     TARGET_MODES,
@@ -36,6 +37,13 @@ class GAITProp(LocalLearningRule):
             published algorithm, its round-off failures included) or ``"difference"``
             (propagates ``t_l - a_l`` itself; same in exact arithmetic, works in float32).
         ortho_weight: the orthogonality penalty's weight; the paper's 100.
+        inverse: how each step's layer inverses are obtained (:mod:`lightning_gait.inverses`):
+            ``"lu"`` (the default: an exact LU factorisation of every square weight each
+            step), ``"cached"`` (an explicit inverse kept across steps and corrected by a
+            Newton-Schulz step each step: every solve becomes one matrix product; needs
+            ``target_mode="difference"``, since the paper's form subtracts targets that
+            agree with the activations to ~1e-7 and so needs the inverse exact to
+            round-off), or an :class:`~lightning_gait.inverses.InverseStrategy`.
         **kwargs: see :class:`LocalLearningRule` (lr, betas, adam_eps, loss_reduction,
             on_nonfinite).
 
@@ -55,6 +63,7 @@ class GAITProp(LocalLearningRule):
         eta: float = 1e-7,
         target_mode: str = "absolute",
         ortho_weight: float = 100.0,
+        inverse: Union[str, InverseStrategy] = "lu",
         **kwargs,
     ) -> None:
         if not gamma > 0:
@@ -63,11 +72,19 @@ class GAITProp(LocalLearningRule):
             raise ValueError(f"eta must be positive, got {eta}")
         if target_mode not in TARGET_MODES:
             raise ValueError(f"target_mode must be one of {TARGET_MODES}, got {target_mode!r}")
+        inverse_strategy = build_inverse_strategy(inverse)
+        if not inverse_strategy.exact and target_mode != "difference":
+            raise ValueError(
+                f"inverse={inverse!r} is approximate (relative error ~1e-7 and below) and needs "
+                "target_mode='difference': the paper's form (target_mode='absolute') recovers "
+                "t - a by subtraction and only an inverse exact to round-off keeps it"
+            )
         super().__init__(net, ortho_weight=ortho_weight, **kwargs)
         self.gamma = float(gamma)
         self.normalize = bool(normalize)
         self.eta = float(eta)
         self.target_mode = target_mode
+        self.inverse_strategy = inverse_strategy
 
     # ------------------------------------------------------------------ extension points
     def layer_gamma(self, index: int, difference: Tensor) -> Tensor:
@@ -77,8 +94,12 @@ class GAITProp(LocalLearningRule):
         return fixed_gamma(difference, self.gamma)
 
     def layer_inverses(self) -> List[Optional[LayerInverse]]:
-        """Inverses of the square layers for this step (``None`` for layer 1)."""
-        return [None] + [self.net.layer_inverse(i) for i in range(1, self.net.num_layers)]
+        """Inverses of the square layers for this step (``None`` for layer 1).
+
+        Each has ``solve(r)`` returning ``X`` with ``X @ weight.T == r``; they come from
+        ``self.inverse_strategy`` (the ``inverse`` argument).
+        """
+        return self.inverse_strategy.layer_inverses(self.net)
 
     def propagate(
         self,

@@ -1,0 +1,97 @@
+"""The benchmark runs on a tiny setting and writes the JSON and markdown it promises.
+
+No timing is asserted here: speed goals live in the benchmark's own output.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from lightning_gait import bench
+from lightning_gait.bench import VARIANTS, BenchConfig, StepRunner, penalty_gradients, run_benchmark
+
+TINY = [
+    "--widths", "24", "--depths", "2", "--width-sweep-depth", "2", "--depth-sweep-width", "24",
+    "--in-features", "32", "--batch", "8", "--dtypes", "float64", "float32", "--devices", "cpu",
+    "--variants", "backprop", "gait_n", "gait_n_cached", "gait_n_penalty",
+    "--repeats", "3", "--min-repeats", "1", "--warmup", "1", "--split-repeats", "1",
+    "--lightning-steps", "2", "--lightning-variants", "backprop", "gait_n",
+]
+
+
+def test_cli_writes_json_and_markdown(tmp_path, capsys):
+    path = tmp_path / "out" / "bench.json"
+    md = tmp_path / "out" / "bench.md"
+    bench.main(TINY + ["--json", str(path), "--markdown", str(md)])
+    result = json.loads(path.read_text())
+    assert set(result) == {"meta", "results", "split", "lightning"}
+    assert {"command", "torch", "cpu", "torch_threads", "config", "step", "ratio", "peak_step_mb"} <= set(
+        result["meta"])
+    rows = result["results"]
+    # one row per dtype and variant at the single point (24, 2)
+    assert sorted((r["dtype"], r["variant"]) for r in rows) == sorted(
+        (d, v) for d in ("float64", "float32") for v in ("backprop", "gait_n", "gait_n_cached", "gait_n_penalty"))
+    for r in rows:
+        assert r["status"] == "ok", r
+        assert (r["width"], r["depth"], r["batch"], r["device"]) == (24, 2, 8, "cpu")
+        assert r["median_ms"] > 0 and r["q1_ms"] <= r["median_ms"] <= r["q3_ms"]
+        assert r["ratio"] > 0 and math.isfinite(r["ratio"])
+        assert r["state_mb"] > 0
+        assert "peak_step_mb" in r
+        if r["variant"] == "backprop":
+            assert r["ratio"] == 1.0
+    split_keys = {"forward_ms", "inverses_ms", "target_pass_ms", "local_gradients_ms", "penalty_ms",
+                  "optimizer_ms", "sum_ms", "step_median_ms"}
+    assert len(result["split"]) == len(rows)
+    for s in result["split"]:
+        assert split_keys <= set(s)
+        assert s["sum_ms"] == pytest.approx(sum(s[k] for k in split_keys - {"sum_ms", "step_median_ms"}))
+        if s["variant"] == "backprop":
+            assert s["inverses_ms"] == 0.0 and s["target_pass_ms"] == 0.0
+        if s["variant"] != "gait_n_penalty":
+            assert s["penalty_ms"] < s["sum_ms"]
+    assert sorted((r["dtype"], r["variant"]) for r in result["lightning"]) == sorted(
+        (d, v) for d in ("float64", "float32") for v in ("backprop", "gait_n"))
+    for r in result["lightning"]:
+        assert r["steps"] == 2 and r["lightning_ms"] > 0 and r["bare_ms"] > 0
+    text = md.read_text()
+    assert "### Step time, cpu, float64" in text and "### Split of one step" in text
+    assert "GAIT-N + penalty" in text
+    assert "### Step time, cpu, float32" in capsys.readouterr().out
+
+
+def test_bench_step_installs_what_training_step_installs():
+    """The timed step and Lightning's training_step put the same gradient into .grad."""
+    variant = VARIANTS["gait_n_penalty"]
+    kwargs = dict(width=12, depth=2, batch=6, in_features=10, num_classes=3, dtype=torch.float64,
+                  device=torch.device("cpu"), seed=3)
+    runner = StepRunner(variant, **kwargs)
+    grads = runner.rule.local_gradients(runner.x, runner.y)
+    penalty = penalty_gradients(runner.net, runner.rule.ortho_weight)
+    # the reference: the local objective plus the surrogate, through autograd, as training_step
+    from lightning_gait.networks import orthogonality_surrogate
+
+    out = runner.rule.local_objective(runner.x, runner.y)
+    surrogate, _ = orthogonality_surrogate(runner.net)
+    total = out.objective + runner.rule.ortho_weight * surrogate
+    reference = torch.autograd.grad(total, [layer.weight for layer in runner.net.layers])
+    for i, (gw, _) in enumerate(grads):
+        expected = gw + penalty[i] if i in penalty else gw
+        assert torch.allclose(expected, reference[i], rtol=1e-10, atol=1e-12)
+    assert set(penalty) == set(runner.net.square_layer_indices)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="variant"):
+        BenchConfig(variants=["nope"]).validate()
+    with pytest.raises(ValueError, match="dtype"):
+        BenchConfig(dtypes=["float16"]).validate()
+    cfg = BenchConfig()
+    assert (500, 6) in cfg.points() and (2048, 6) in cfg.points() and (500, 12) in cfg.points()
+    assert len(cfg.points()) == 6  # (500, 6) is on both sweeps
+    # every timed variant brings its baseline along
+    assert "backprop_s" in cfg.variants_at((500, 6))
+    assert cfg.variants_at((1024, 6))[0] == "backprop"

@@ -16,7 +16,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
 
 __all__ = ["CIFAR10DataModule", "DataNotFoundError", "FlatImageDataset", "EpochSeededSampler", "CIFAR10_MEAN", "CIFAR10_STD"]
 
@@ -77,9 +77,12 @@ class EpochSeededSampler(RandomSampler):
     """A random order that depends only on ``(seed, epoch)``.
 
     Lightning calls ``set_epoch`` at every epoch, so a run resumed from a checkpoint sees
-    the very batches an uninterrupted run would. Under DDP Lightning replaces it with a
-    ``DistributedSampler`` (seeded from ``seed_everything``), which has the same property.
+    the very batches an uninterrupted run would. Under DDP the DataModule uses
+    :meth:`distributed` instead, which shares this order.
     """
+
+    #: epoch ``e``'s permutation is ``torch.randperm`` seeded with ``seed * SEED_STRIDE + e``
+    SEED_STRIDE = 100_003
 
     def __init__(self, data_source, *, seed: int = 0) -> None:
         super().__init__(data_source)
@@ -90,8 +93,22 @@ class EpochSeededSampler(RandomSampler):
         self.epoch = int(epoch)
 
     def __iter__(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        g = torch.Generator().manual_seed(self.seed * self.SEED_STRIDE + self.epoch)
         return iter(torch.randperm(len(self.data_source), generator=g).tolist())
+
+    @classmethod
+    def distributed(cls, data_source, *, seed: int, num_replicas: int, rank: int) -> DistributedSampler:
+        """This order split over ``num_replicas`` processes: a ``DistributedSampler``.
+
+        ``DistributedSampler(seed=s)`` draws epoch ``e``'s permutation with seed ``s + e``;
+        with ``s = seed * SEED_STRIDE`` it is this sampler's permutation, and rank ``r``
+        takes its entries ``r, r + num_replicas, ...``. So the union of the ranks' ``k``-th
+        batches of size ``B`` is the ``k``-th batch of size ``B * num_replicas`` of a
+        one-process run (up to the padding of the last batch when ``num_replicas`` does
+        not divide the data set).
+        """
+        return DistributedSampler(data_source, num_replicas=num_replicas, rank=rank, shuffle=True,
+                                  seed=int(seed) * cls.SEED_STRIDE, drop_last=False)
 
 
 def _load_split(root: Path, *, train: bool, verify_checksums: bool) -> Tuple[Tensor, Tensor]:
@@ -157,12 +174,14 @@ class CIFAR10DataModule(pl.LightningDataModule):
         data_dir: folder that holds (or will hold) ``cifar-10-batches-py/``.
         download: download when missing (needs internet).
         batch_size: per-process batch size (the global batch under DDP is
-            ``batch_size * world_size``).
+            ``batch_size * world_size``; with ``256 / world_size`` the ranks' batches
+            together are the batches of a one-process run with 256).
         num_workers: DataLoader workers (0 is fastest here: the data is in memory).
         val_size: images of the training set held out for validation, chosen with
             ``split_seed``; 0 validates on the test set, as the reference code did.
         split_seed: seed of the validation split.
-        shuffle_seed: seed of the per-epoch training order (see :class:`EpochSeededSampler`).
+        shuffle_seed: seed of the per-epoch training order (see :class:`EpochSeededSampler`;
+            under DDP split over the ranks by :meth:`EpochSeededSampler.distributed`).
         normalize_channels: subtract the per-channel mean and divide by the std after ``/255``.
         verify_checksums: check torchvision's md5 sums (turn off only for generated data).
         pin_memory: pin host memory (useful with a GPU).
@@ -248,7 +267,15 @@ class CIFAR10DataModule(pl.LightningDataModule):
         self.data_test = FlatImageDataset(test_images, test_labels)
 
     def _loader(self, dataset: FlatImageDataset, *, train: bool) -> DataLoader:
-        sampler = EpochSeededSampler(dataset, seed=self.shuffle_seed) if train else SequentialSampler(dataset)
+        trainer = self.trainer
+        if not train:
+            sampler = SequentialSampler(dataset)  # Lightning shards it under DDP
+        elif trainer is not None and trainer.world_size > 1:
+            # our own DistributedSampler (Lightning keeps it): the order of shuffle_seed, not of seed_everything
+            sampler = EpochSeededSampler.distributed(dataset, seed=self.shuffle_seed,
+                                                     num_replicas=trainer.world_size, rank=trainer.global_rank)
+        else:
+            sampler = EpochSeededSampler(dataset, seed=self.shuffle_seed)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,

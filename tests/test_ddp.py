@@ -24,8 +24,8 @@ Checked, per scenario:
 * epoch metrics (``train/loss``, ``val/loss``, ``val/acc``) are reduced over the ranks;
 * a NaN in one rank's batch makes every rank skip (``on_nonfinite="skip"``) or raise,
   instead of a hang;
-* ``CIFAR10DataModule``'s sampler is replaced by a ``DistributedSampler``: per epoch the
-  ranks' batches are disjoint and cover the training split.
+* ``CIFAR10DataModule`` splits its own per-epoch order (``shuffle_seed``) over the ranks:
+  their k-th batches together are the k-th batch of a one-process run.
 
 Plus ``python -m lightning_gait.fit`` with ``--trainer.devices 2 --trainer.strategy ddp``
 on the tiny generated CIFAR-10 with the diagnostics callbacks on (and, marked slow, the
@@ -41,7 +41,6 @@ import subprocess
 import sys
 import time
 import warnings
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -252,25 +251,35 @@ def test_nan_on_one_rank_raises_on_every_rank(records):
 
 
 # ---------------------------------------------------------------------- the DataModule
-def test_datamodule_sampler_is_distributed(records, tiny_cifar_root):
-    from lightning_gait.data import CIFAR10DataModule
+def test_datamodule_splits_its_own_order_over_the_ranks(records, tiny_cifar_root):
+    """Under DDP each rank gets every other sample of the one-process order of ``shuffle_seed``.
+
+    So the ranks' k-th batches (32 each) together are the k-th batch (64) of a one-process
+    run, epoch after epoch; per epoch they are one pass over the training split.
+    """
+    from lightning_gait.data import CIFAR10DataModule, EpochSeededSampler
 
     r0, r1 = records["datamodule"]["ddp"]
     assert r0["sampler"] == r1["sampler"] == "DistributedSampler"
     dm = CIFAR10DataModule(data_dir=str(tiny_cifar_root), download=False, verify_checksums=False, val_size=64)
     dm.setup("fit")
-    train_rows = Counter(bytes(row.numpy()) for row in dm.data_train.images)
-    per_epoch = len(r0["batches"]) // 2
+    images = dm.data_train.images
+    per_rank, steps_per_epoch = 32, len(images) // 64
+    assert len(r0["batches"]) == len(r1["batches"]) == 2 * steps_per_epoch
     orders = []
     for epoch in range(2):
-        seen = []
-        for rec in (r0, r1):
-            for x, _ in rec["batches"][epoch * per_epoch:(epoch + 1) * per_epoch]:
+        sampler = EpochSeededSampler(dm.data_train, seed=7)  # the worker's shuffle_seed
+        sampler.set_epoch(epoch)
+        order = torch.tensor(list(sampler))
+        orders.append(order)
+        for k in range(steps_per_epoch):
+            one_process_batch = order[k * 64:(k + 1) * 64]
+            for r, rec in enumerate((r0, r1)):
+                x, _ = rec["batches"][epoch * steps_per_epoch + k]
                 pixels = torch.round(x * 255).to(torch.uint8)
-                seen += [bytes(row.numpy()) for row in pixels]
-        assert Counter(seen) == train_rows, f"epoch {epoch}: the ranks' batches are not one pass over the split"
-        orders.append(seen)
-    assert orders[0] != orders[1], "the distributed order did not change between epochs"
+                assert torch.equal(pixels, images[one_process_batch[r::2]]), (epoch, k, r)
+        assert sorted(order.tolist()) == list(range(len(images)))
+    assert not torch.equal(orders[0], orders[1]), "the order did not change between epochs"
     assert r0["metrics"]["train/loss_epoch"] == r1["metrics"]["train/loss_epoch"]
 
 

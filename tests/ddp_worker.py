@@ -50,7 +50,7 @@ NAN_STEP = 1
 
 @dataclass(frozen=True)
 class Scenario:
-    rule: str  # "gait" (paper form), "gait_exact" (difference form), "bp", "fa"
+    rule: str  # "gait" (paper form), "gait_exact" (difference form), "gait_cached" (+ cached inverse), "bp", "fa"
     loss_reduction: str
     diagnostics: bool = False  # BPCorrelation, TargetNorms, Orthogonality every step (rank 0 only)
     on_nonfinite: Optional[str] = None  # None: clean data; "skip"/"raise": NaN in one rank's batch
@@ -61,6 +61,8 @@ SCENARIOS: Dict[str, Scenario] = {
     "gait_norm_mean": Scenario("gait", "mean"),
     "gait_exact_norm_sum": Scenario("gait_exact", "sum", diagnostics=True),
     "gait_exact_norm_mean": Scenario("gait_exact", "mean"),
+    # the cached inverse is per-rank state outside the parameters, touched by rank 0's diagnostics
+    "gait_cached_norm_sum": Scenario("gait_cached", "sum", diagnostics=True),
     "bp_sum": Scenario("bp", "sum", diagnostics=True),
     "bp_mean": Scenario("bp", "mean"),
     "fa_sum": Scenario("fa", "sum"),
@@ -110,12 +112,14 @@ def make_rule(kind: str, loss_reduction: str, *, seed: int, on_nonfinite: str = 
     """A rule on a fresh small network whose weights (and FA's feedback) come from ``seed``."""
     torch.manual_seed(seed)
     common = dict(lr=1e-3, loss_reduction=loss_reduction, on_nonfinite=on_nonfinite)
-    square = kind in ("gait", "gait_exact")
+    square = kind.startswith("gait")
     net = InvertibleMLP(IN_FEATURES, WIDTH, DEPTH, NUM_CLASSES, square_output=square)
     if kind == "gait":
         return GAITProp(net, normalize=True, target_mode="absolute", ortho_weight=1.0, **common)
     if kind == "gait_exact":
         return GAITProp(net, normalize=True, target_mode="difference", ortho_weight=1.0, **common)
+    if kind == "gait_cached":
+        return GAITProp(net, normalize=True, target_mode="difference", inverse="cached", ortho_weight=1.0, **common)
     if kind == "bp":
         return Backprop(net, **common)
     if kind == "fa":

@@ -13,7 +13,9 @@ Checked, per scenario:
   on both ranks, and the all-reduced gradients too;
 * they equal the one-process run on the union to 1e-10 (weights, absolute) and 1e-10
   (gradients, relative to their largest entry) for Backprop, FA and the exact form of
-  GAIT-N (``target_mode="difference"``), with ``loss_reduction`` "sum" and "mean".
+  GAIT-N (``target_mode="difference"``, also with ``inverse="cached"``: per-rank state
+  outside the parameters, which rank 0's diagnostics touch), with ``loss_reduction``
+  "sum" and "mean".
   The paper's form of GAIT-N (``"absolute"``, eta 1e-7) recovers ``t - a`` by
   subtracting two numbers that agree to ~7 digits, so different batch shapes (8 rows vs
   16) already change its updates at the 1e-8 level (relative) in float64; it gets 1e-9

@@ -38,6 +38,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -45,6 +46,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -100,12 +102,15 @@ def records(tmp_path_factory, tiny_cifar_root):
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=launch_env(), stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     seed_env = os.environ.get("PL_GLOBAL_SEED")
+    python_rng, numpy_rng = random.getstate(), np.random.get_state()  # seed_everything reseeds them
     try:
         with torch.random.fork_rng(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", ".*batch skipped.*")
             for name in worker.SCENARIOS:
                 worker.run_scenario(name, root / "ref", devices=1, strategy="auto")
     finally:
+        random.setstate(python_rng)
+        np.random.set_state(numpy_rng)
         if seed_env is None:
             os.environ.pop("PL_GLOBAL_SEED", None)
         else:

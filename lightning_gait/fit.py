@@ -36,7 +36,13 @@ def _config_listing() -> str:
             if line.startswith("#"):
                 first = line.lstrip("# ").strip()
                 break
-        lines.append(f"  {path.relative_to(folder.parent) if folder.is_absolute() else path}: {first}")
+        lines.append(f"  conf/{path.name}: {first}")
+    trainer_confs = sorted((folder / "trainer").glob("*.yaml"))
+    if trainer_confs:
+        lines.append("")
+        lines.append("Trainer settings, to add as a second --config (multi-GPU, CPU DDP, SLURM):")
+        for path in trainer_confs:
+            lines.append(f"  conf/trainer/{path.name}")
     lines.append("")
     lines.append("Example: python -m lightning_gait.fit --config conf/gait_norm.yaml --data.data_dir ../shared/data")
     return "\n".join(lines)

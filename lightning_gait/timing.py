@@ -10,7 +10,8 @@ __all__ = ["EpochTimer"]
 
 class EpochTimer(pl.Callback):
     """Logs ``time/epoch_s`` (wall time of each training epoch, validation excluded),
-    ``time/images_per_s`` (training images per second, this process) and, with
+    ``time/images_per_s`` (training images per second, this process; under DDP also
+    ``time/images_per_s_global``, all processes together) and, with
     ``log_lr=True``, ``train/lr`` (the first optimizer's learning rate).
 
     Unlike Lightning's ``LearningRateMonitor`` it also works with ``--trainer.logger false``
@@ -36,8 +37,12 @@ class EpochTimer(pl.Callback):
         elapsed = time.perf_counter() - self._start
         self.last_epoch_s = elapsed
         pl_module.log("time/epoch_s", elapsed, on_step=False, on_epoch=True, rank_zero_only=True)
-        pl_module.log("time/images_per_s", self._images / max(elapsed, 1e-9), on_step=False, on_epoch=True,
-                      rank_zero_only=True)
+        per_process = self._images / max(elapsed, 1e-9)
+        pl_module.log("time/images_per_s", per_process, on_step=False, on_epoch=True, rank_zero_only=True)
+        if trainer.world_size > 1:
+            # every process trains on an equal share, at the same pace (they synchronise each step)
+            pl_module.log("time/images_per_s_global", per_process * trainer.world_size, on_step=False,
+                          on_epoch=True, rank_zero_only=True)
         if self.log_lr and trainer.optimizers:
             lr = trainer.optimizers[0].param_groups[0]["lr"]
             pl_module.log("train/lr", float(lr), on_step=False, on_epoch=True, rank_zero_only=True)

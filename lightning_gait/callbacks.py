@@ -42,9 +42,9 @@ together slow training by well under 10%; measure it with
 from __future__ import annotations
 
 import argparse
-import math
 import time
 import warnings
+from contextlib import contextmanager
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
@@ -55,7 +55,6 @@ from pytorch_lightning.loggers import WandbLogger
 from .diagnostics import (
     ALIGNMENT_FAMILIES,
     ORTHOGONALITY_FAMILIES,
-    TARGET_FAMILIES,
     alignment_at_init,
     layer_key,
     orthogonality_metrics,
@@ -104,6 +103,10 @@ class DiagnosticCallback(Callback):
         self.max_chart_points = max_chart_points
         #: ``(step, metrics)`` of every measurement on this rank, oldest first
         self.history: List[Tuple[int, Dict[str, float]]] = []
+        #: wall seconds spent measuring and logging (for the overhead benchmark)
+        self.seconds_spent = 0.0
+        #: synchronise CUDA before timing a measurement (set by the benchmark only)
+        self.synchronize_timing = False
 
     @property
     def latest(self) -> Dict[str, float]:
@@ -111,6 +114,19 @@ class DiagnosticCallback(Callback):
         return self.history[-1][1] if self.history else {}
 
     # ------------------------------------------------------------------ helpers
+    @contextmanager
+    def timed(self):
+        """Adds the wall time of the block to :attr:`seconds_spent`."""
+        if self.synchronize_timing and torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.synchronize_timing and torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.seconds_spent += time.perf_counter() - start
+
     def is_due(self, trainer: "pl.Trainer") -> bool:
         return self.every_n_steps > 0 and batch_step(trainer) % self.every_n_steps == 0
 
@@ -165,11 +181,12 @@ class DiagnosticCallback(Callback):
             return
         import wandb
 
-        payload = self.chart_payload(wandb)
-        if payload:
-            payload["trainer/global_step"] = trainer.global_step
-            for run in runs:
-                run.log(payload)
+        with self.timed():
+            payload = self.chart_payload(wandb)
+            if payload:
+                payload["trainer/global_step"] = trainer.global_step
+                for run in runs:
+                    run.log(payload)
 
 
 class BPCorrelation(DiagnosticCallback):
@@ -247,10 +264,12 @@ class BPCorrelation(DiagnosticCallback):
         x, y = batch[0], batch[1]
         if self.at_init and not self._init_done:
             self._init_done = True
-            self.init_metrics = self.measure_at_init(trainer, pl_module, x, y)
-            self.log_init(trainer, self.init_metrics, step)
+            with self.timed():
+                self.init_metrics = self.measure_at_init(trainer, pl_module, x, y)
+                self.log_init(trainer, self.init_metrics, step)
         if self.is_due(trainer):
-            self.log_metrics(trainer, self.measure(trainer, pl_module, x, y), step)
+            with self.timed():
+                self.log_metrics(trainer, self.measure(trainer, pl_module, x, y), step)
 
     def log_init(self, trainer: "pl.Trainer", metrics: Dict[str, float], step: int) -> None:
         warn_nonfinite({k: v for k, v in metrics.items() if "_init_std/" not in k}, where="at init")
@@ -308,7 +327,8 @@ class TargetNorms(DiagnosticCallback):
                     RuntimeWarning,
                 )
             return
-        self.log_metrics(trainer, target_metrics(trace), batch_step(trainer))
+        with self.timed():
+            self.log_metrics(trainer, target_metrics(trace), batch_step(trainer))
 
 
 class Orthogonality(DiagnosticCallback):
@@ -342,8 +362,9 @@ class Orthogonality(DiagnosticCallback):
 
     def on_train_batch_start(self, trainer: "pl.Trainer", pl_module, batch, batch_idx: int) -> None:
         if trainer.is_global_zero and self.is_due(trainer):
-            metrics = orthogonality_metrics(pl_module.net, condition=self.condition)
-            self.log_metrics(trainer, metrics, batch_step(trainer))
+            with self.timed():
+                metrics = orthogonality_metrics(pl_module.net, condition=self.condition)
+                self.log_metrics(trainer, metrics, batch_step(trainer))
 
 
 def default_callbacks() -> List[DiagnosticCallback]:
@@ -352,72 +373,77 @@ def default_callbacks() -> List[DiagnosticCallback]:
 
 
 # ---------------------------------------------------------------------- benchmark
-def _bench_fit(rule_name: str, callbacks: Sequence[Callback], *, steps: int, width: int, batch_size: int, seed: int, log_dir: str) -> float:
-    """Seconds for ``steps`` training batches of a fresh rule on random CIFAR-shaped data."""
+def _bench_fit(rule_name: str, callbacks: Sequence[Callback], *, steps: int, width: int, batch_size: int,
+               precision: str, log_dir: str) -> float:
+    """Seconds of ``trainer.fit`` for ``steps`` batches of a fresh rule on random CIFAR-shaped data."""
     from pytorch_lightning.loggers import CSVLogger
     from torch.utils.data import DataLoader, TensorDataset
 
     from .networks import InvertibleMLP
     from .rules import RULES
 
-    torch.manual_seed(seed)
+    torch.manual_seed(0)
     n = steps * batch_size
-    x = torch.rand(n, 3072)
-    y = torch.randint(0, 10, (n,))
-    loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=False)
-    net = InvertibleMLP(3072, width, 6)
+    loader = DataLoader(TensorDataset(torch.rand(n, 3072), torch.randint(0, 10, (n,))), batch_size=batch_size)
     kwargs = {"normalize": True} if rule_name == "gait" else {}
-    rule = RULES[rule_name](net, **kwargs)
+    rule = RULES[rule_name](InvertibleMLP(3072, width, 6), **kwargs)
     trainer = pl.Trainer(
-        max_steps=steps,
-        precision="64-true",
-        accelerator="auto",
-        devices=1,
-        logger=CSVLogger(log_dir),
-        callbacks=list(callbacks),
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        log_every_n_steps=50,
+        max_steps=steps, precision=precision, accelerator="auto", devices=1, logger=CSVLogger(log_dir),
+        callbacks=list(callbacks), enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_val_batches=0, log_every_n_steps=50,
     )
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     start = time.perf_counter()
     trainer.fit(rule, loader)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
 def _bench(argv: Optional[Sequence[str]] = None) -> None:
+    """Side-by-side timing of training with and without the three callbacks at their defaults."""
+    import logging
     import tempfile
 
     parser = argparse.ArgumentParser(
         prog="python -m lightning_gait.callbacks --bench",
-        description="Time a short float64 fit with and without BPCorrelation, TargetNorms and Orthogonality.",
+        description="Time a short fit (GAIT-N, 3072 -> 6 x 500 by default) without and with "
+        "BPCorrelation, TargetNorms and Orthogonality at their default settings.",
     )
     parser.add_argument("--bench", action="store_true", required=True)
     parser.add_argument("--rule", default="gait", help="key of lightning_gait.rules.RULES (gait: GAIT-N)")
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=200, help="a multiple of 100, so that every callback "
+                        "measures at exactly its default rate")
     parser.add_argument("--width", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=2, help="alternating off/on pairs; the median is reported")
+    parser.add_argument("--precision", default="64-true")
+    parser.add_argument("--repeats", type=int, default=1, help="alternating off/on pairs; medians are reported")
     args = parser.parse_args(argv)
-    import logging
-
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
-    off, on = [], []
+    warnings.filterwarnings("ignore")
+    off, on, spent = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
-        common = dict(steps=args.steps, width=args.width, batch_size=args.batch_size, seed=0, log_dir=tmp)
-        _bench_fit(args.rule, [], **{**common, "steps": 3})  # warm-up
+        common = dict(width=args.width, batch_size=args.batch_size, precision=args.precision, log_dir=tmp)
+        _bench_fit(args.rule, [], steps=3, **common)  # warm-up
         for _ in range(args.repeats):
-            off.append(_bench_fit(args.rule, [], **common))
-            on.append(_bench_fit(args.rule, default_callbacks(), **common))
+            off.append(_bench_fit(args.rule, [], steps=args.steps, **common))
+            callbacks = default_callbacks()
+            for cb in callbacks:
+                cb.synchronize_timing = True
+            on.append(_bench_fit(args.rule, callbacks, steps=args.steps, **common))
+            spent.append({type(cb).__name__: (cb.seconds_spent, len(cb.history)) for cb in callbacks})
     off_t = sorted(off)[len(off) // 2]
     on_t = sorted(on)[len(on) // 2]
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(
-        f"rule={args.rule} float64 3072->6x{args.width} batch={args.batch_size} steps={args.steps} device={device}\n"
-        f"off: {', '.join(f'{t:.2f}' for t in off)} s   on: {', '.join(f'{t:.2f}' for t in on)} s\n"
-        f"median on/off = {on_t / off_t:.3f}"
-    )
+    in_run = [sum(s for s, _ in d.values()) / (t - sum(s for s, _ in d.values())) for t, d in zip(on, spent)]
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    print(f"rule={args.rule} precision={args.precision} 3072->6x{args.width} batch={args.batch_size} "
+          f"steps={args.steps} device={device} threads={torch.get_num_threads()}")
+    print(f"off: {', '.join(f'{t:.2f}' for t in off)} s; on: {', '.join(f'{t:.2f}' for t in on)} s")
+    for name, (seconds, count) in spent[-1].items():
+        print(f"  {name}: {count} measurements, {seconds:.2f} s ({seconds / max(count, 1):.3f} s each)")
+    print(f"wall-clock ratio on/off (median) = {on_t / off_t:.3f}")
+    print(f"in-run overhead (callback time / rest of the same run) = {sorted(in_run)[len(in_run) // 2]:.3f}")
 
 
 if __name__ == "__main__":

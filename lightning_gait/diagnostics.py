@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -50,6 +50,7 @@ __all__ = [
     "condition_number",
     "orthogonality_metrics",
     "warn_nonfinite",
+    "summarize",
 ]
 
 #: metric families of :func:`alignment_metrics` (one scalar per layer each)
@@ -301,6 +302,3 @@ def summarize(values: Dict[str, Tensor]) -> Dict[str, Tuple[float, float]]:
         out[name] = (float(v.mean()), std)
     return out
 
-
-def _families(names: Iterable[str]) -> List[str]:
-    return sorted({name.split("/", 1)[0] for name in names})

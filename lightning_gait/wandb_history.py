@@ -30,7 +30,15 @@ import zlib
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Union
 
-__all__ = ["WandbFileError", "find_run_file", "iter_records", "read_history", "history_keys"]
+__all__ = [
+    "WandbFileError",
+    "find_run_file",
+    "iter_records",
+    "read_history",
+    "history_keys",
+    "is_complete",
+    "wait_until_complete",
+]
 
 FILE_MAGIC = b":W&B"
 FILE_IDENT = 0xBEE1
@@ -158,6 +166,36 @@ def read_history(path: Union[str, Path]) -> List[Dict[str, object]]:
             row["_step"] = record.history.step.num
         rows.append(row)
     return rows
+
+
+def is_complete(path: Union[str, Path]) -> bool:
+    """True when the run file ends with W&B's ``exit`` record (the run finished writing).
+
+    ``run.finish()`` can return while W&B's writer is still flushing the file; read a run
+    that was just finished after :func:`wait_until_complete`.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a tail still being written
+        last = None
+        for record in iter_records(path):
+            last = record.WhichOneof("record_type")
+    return last == "exit"
+
+
+def wait_until_complete(path: Union[str, Path], *, timeout_s: float = 60.0, poll_s: float = 0.2) -> bool:
+    """Poll :func:`is_complete` for up to ``timeout_s`` seconds; return whether it became complete."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if is_complete(path):
+                return True
+        except (FileNotFoundError, WandbFileError):
+            pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll_s)
 
 
 def history_keys(rows: List[Dict[str, object]]) -> List[str]:

@@ -1,0 +1,76 @@
+"""`python -m lightning_gait.plot`: figures from a CSV-logged run (float64 training, CPU)."""
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import CSVLogger
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_gait import GAITProp, InvertibleMLP, plot
+from lightning_gait.callbacks import BPCorrelation, Orthogonality, TargetNorms
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FIGURES = {"accuracy.png", "bp_alignment.png", "bp_alignment_at_init.png", "target_norms.png", "orthogonality.png"}
+
+
+@pytest.fixture(scope="module")
+def csv_run(tmp_path_factory) -> Path:
+    """A 2-epoch GAIT-N run (48 -> 4 x 32, float64) logged by CSVLogger with all three callbacks."""
+    root = tmp_path_factory.mktemp("csv_run")
+    torch.manual_seed(0)
+    x, y = torch.rand(256, 48), torch.randint(0, 10, (256,))
+    data = DataLoader(TensorDataset(x, y), batch_size=64)
+    rule = GAITProp(InvertibleMLP(48, 32, 4), normalize=True, lr=1e-3)
+    trainer = pl.Trainer(
+        max_epochs=2, precision="64-true", accelerator="cpu", logger=CSVLogger(str(root)), log_every_n_steps=1,
+        callbacks=[BPCorrelation(every_n_steps=1, at_init=True, init_networks=3), TargetNorms(every_n_steps=1),
+                   Orthogonality(every_n_steps=1)],
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        limit_val_batches=2,
+    )
+    trainer.fit(rule, data, data)
+    trainer.test(rule, data, verbose=False)
+    return Path(trainer.logger.log_dir)
+
+
+def test_load_csv_keeps_every_logged_value(csv_run):
+    series, source, kind = plot.load_run(csv_run)
+    assert kind == "csv" and source.name == "metrics.csv"
+    with open(source, newline="") as f:
+        rows = list(csv.DictReader(f))
+    expected = [(float(r["step"]), float(r["bp_corr/layer_3"])) for r in rows if r["bp_corr/layer_3"]]
+    steps, values = series["bp_corr/layer_3"]
+    assert list(zip(steps, values)) == expected and len(expected) == 8  # 8 steps, every step
+    assert [k for k, _, _ in plot.layer_series(series, "ortho")] == [2, 3, 4, 5]
+    assert [k for k, _, _ in plot.layer_series(series, "bp_corr")] == [1, 2, 3, 4, 5]
+
+
+def test_plot_command_writes_non_empty_pngs(csv_run):
+    result = subprocess.run(
+        [sys.executable, "-m", "lightning_gait.plot", str(csv_run / "metrics.csv")],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    written = [Path(line) for line in result.stdout.split()]
+    assert {p.name for p in written} == FIGURES
+    assert all(p.parent == csv_run / "plots" for p in written)  # default: a plots folder beside the run
+    for path in written:
+        data = path.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, path.name
+
+
+def test_clear_errors(tmp_path):
+    assert plot.main([str(tmp_path / "missing")]) == 2
+    assert plot.main([str(tmp_path)]) == 2  # a folder with no run in it
+    empty = tmp_path / "metrics.csv"
+    empty.write_text("step,something_else\n0,1.0\n")
+    assert plot.main([str(empty), "--out", str(tmp_path / "o")]) == 1
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match="expected a metrics .csv"):
+        plot.load_run(tmp_path / "notes.txt")

@@ -196,3 +196,14 @@ def test_tracked_training_records_orthogonality_and_alignment(tiny_cifar_root, t
     assert untrained["ortho_dev"] < 1e-5 < trained["ortho_dev"]  # Adam moves the weights off orthogonal
     assert all(r["bp_corr_layer_7"] > 0.9999 for r in rows)  # the output layer inverts nothing
     assert 0.9 < trained["bp_corr_layer_1"] <= 1.0
+
+
+def test_report_tables_come_from_the_csvs(tmp_path, capsys):
+    from lightning_gait.experiments import report
+
+    summary = [{"variant": "GAIT-N", "dtype": "float64", "form": "paper", "layer": k, "corr_mean": 0.99993,
+                "corr_std": 1e-5, "corr_median": 0.999991, "corr_min": 0.99991} for k in (1, 2)]
+    table = report.correlation_table(summary, "float64", "paper", statistic="min", digits=5)
+    assert table.splitlines()[2] == "| GAIT-N | 0.99991 | 0.99991 |"
+    assert "0.9999 ± 0.0000" in report.correlation_table(summary, "float64", "paper")
+    assert report.main(["--out", str(tmp_path)]) == 2  # nothing there

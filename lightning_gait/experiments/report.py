@@ -1,0 +1,93 @@
+"""``python -m lightning_gait.experiments.report``: the README's result tables, from the CSVs.
+
+Prints Markdown tables built only from the files the experiment commands wrote into
+``--out`` (``results/``), so that the numbers in the README are the committed ones:
+
+* Fig. 2B: per layer, mean ± std over networks of the correlation with backprop
+  (one table per dtype and form), and the minimum over networks;
+* Fig. 2A: per regime, epochs, seed, final and best test accuracy.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from .correlation import PANELS, read_csv
+from .training import read_runs, summarize_runs
+
+__all__ = ["correlation_table", "training_table", "main"]
+
+ORDER = ("GAIT", "GAIT-N", "GAIT-S", "GAIT-SN", "TP", "FA")
+
+
+def _num(value: float, digits: int) -> str:
+    return "nan" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def correlation_table(summary: Sequence[Dict[str, object]], dtype: str, form: str, *, statistic: str = "mean",
+                      digits: int = 4) -> str:
+    """Markdown: variants x layers; ``statistic`` "mean" (mean ± std), "median" or "min"."""
+    rows = [r for r in summary if r["dtype"] == dtype and r["form"] in (form, "-")]
+    layers = sorted({int(r["layer"]) for r in rows})
+    lines = ["| variant | " + " | ".join(f"layer {k}" for k in layers) + " |",
+             "|---|" + "---|" * len(layers)]
+    for name in ORDER:
+        by_layer = {int(r["layer"]): r for r in rows if r["variant"] == name}
+        if not by_layer:
+            continue
+        cells = []
+        for k in layers:
+            r = by_layer[k]
+            if statistic == "mean":
+                cells.append(f"{_num(float(r['corr_mean']), digits)} ± {_num(float(r['corr_std']), digits)}")
+            else:
+                cells.append(_num(float(r[f"corr_{statistic}"]), digits))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def training_table(runs) -> str:
+    lines = ["| regime | epochs | seed | final test acc (%) | best test acc (%) | best at epoch | s per epoch |",
+             "|---|---|---|---|---|---|---|"]
+    seconds = {}
+    for regime, rows in runs.items():
+        trained = [r for r in rows if float(r["epoch"]) > 0]
+        epochs = float(trained[-1]["epoch"]) if trained else 0.0
+        seconds[regime] = sum(float(r["train_time_s"]) for r in trained) / epochs if epochs else math.nan
+    for s in summarize_runs(runs):
+        lines.append(f"| {s['label']} | {s['epochs']:g} | {s['seed']} | {100 * s['final_test_acc']:.2f} | "
+                     f"{100 * s['best_test_acc']:.2f} | {s['best_epoch']:g} | {seconds[s['regime']]:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lightning_gait.experiments.report",
+                                     description="Markdown tables of the results CSVs.")
+    parser.add_argument("--out", default="results", help="folder the experiment commands wrote into")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    summary_path = out / "fig2b_summary.csv"
+    if summary_path.is_file():
+        summary = read_csv(summary_path)
+        for dtype, form in PANELS:
+            print(f"\nFig. 2B, {dtype}, {form} form: correlation with BP, mean ± std over networks\n")
+            print(correlation_table(summary, dtype, form))
+        for dtype, form, statistic in (("float64", "paper", "median"), ("float64", "paper", "min"),
+                                       ("float32", "difference", "min")):
+            print(f"\nFig. 2B, {dtype}, {form} form: {statistic} over networks\n")
+            print(correlation_table(summary, dtype, form, statistic=statistic, digits=6))
+    runs = read_runs(out / "training")
+    if runs:
+        print("\nFig. 2A: CIFAR-10 test accuracy (float64)\n")
+        print(training_table(runs))
+    if not summary_path.is_file() and not runs:
+        print(f"error: no results under {out}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

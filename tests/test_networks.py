@@ -1,23 +1,13 @@
 """InvertibleMLP: structure, init, exact inverse of each square layer, orthogonality penalty."""
 from __future__ import annotations
 
-from contextlib import contextmanager
 
 import pytest
 import torch
 
 from lightning_gait import InvertibleMLP
 from lightning_gait.networks import orthogonality_penalty, orthogonality_surrogate
-
-
-@contextmanager
-def default_dtype(dtype: torch.dtype):
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
+from _helpers import default_dtype
 
 
 def build64(seed: int = 0, **kwargs) -> InvertibleMLP:

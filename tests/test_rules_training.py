@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from contextlib import contextmanager
 from typing import Callable, List
 
 import pytest
@@ -22,20 +21,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_gait import Backprop, FeedbackAlignment, GAITProp, InvertibleMLP, NonFiniteError, TargetProp
 from lightning_gait.networks import orthogonality_surrogate
 from lightning_gait.targets import normalized_gamma
+from _helpers import default_dtype
 
 IN_FEATURES, WIDTH, DEPTH, NUM_CLASSES = 20, 32, 3, 4
 NUM_SAMPLES, BATCH_SIZE, EPOCHS = 512, 64, 30  # 8 steps per epoch, 240 steps
 LR = 1e-3
-
-
-@contextmanager
-def default_dtype(dtype: torch.dtype):
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
 
 
 def make_net(*, activation: str = "leaky_relu", square_output: bool = True, dtype=torch.float64, seed: int = 0):

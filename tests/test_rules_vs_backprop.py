@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import pickle
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -27,18 +26,9 @@ import torch
 from torch.nn import functional as F
 
 from lightning_gait import Backprop, FeedbackAlignment, GAITProp, InvertibleMLP, TargetProp
+from _helpers import default_dtype
 
 ACTIVATIONS = ["leaky_relu", "smooth_leaky_relu"]
-
-
-@contextmanager
-def default_dtype(dtype: torch.dtype):
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
 
 
 def build_net(seed: int, *, dtype=torch.float64, **kwargs) -> InvertibleMLP:

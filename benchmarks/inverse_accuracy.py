@@ -13,6 +13,7 @@ first strategy's own trajectory, so the staleness of its cached inverse is the r
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import pickle
@@ -87,6 +88,8 @@ def main(argv=None):
     exact = GAITProp(net, **common)
     driver = rules[args.strategies[0]]
     optimizer = driver.configure_optimizers()
+    floor = []  # float32 only: exact float32 updates against exact float64 ones (round-off floor)
+    far = {name: [] for name in rules}  # float32 only: each strategy against exact float64
     errors = {name: [] for name in rules}
     bias_errors = {name: [] for name in rules}
     residuals = {name: [] for name in rules}
@@ -95,9 +98,15 @@ def main(argv=None):
         idx = perm[(step * args.batch) % (len(X) - args.batch):][: args.batch]
         x, y = X[idx], Y[idx]
         reference = exact.local_gradients(x, y)
+        if dtype != torch.float64:
+            net64 = copy.deepcopy(net).double()
+            exact64 = GAITProp(net64, **common).local_gradients(x.double(), y)
+            floor.append(max(relative(a[0].double(), b[0]) for a, b in zip(reference, exact64)))
         grads = {}
         for name, rule in rules.items():
             grads[name] = rule.local_gradients(x, y)
+            if dtype != torch.float64:
+                far[name].append(max(relative(a[0].double(), b[0]) for a, b in zip(grads[name], exact64)))
             errors[name].append(max(relative(a[0], b[0]) for a, b in zip(grads[name], reference)))
             bias_errors[name].append(max(relative(a[1], b[1]) for a, b in zip(grads[name], reference)))
             residuals[name].append(rule.inverse_strategy.last_residual)
@@ -113,6 +122,8 @@ def main(argv=None):
                 layer.weight.grad, layer.bias.grad = gw, gb
         optimizer.step()
         if step % 25 == 0 or step == args.steps - 1:
+            if floor:
+                print(f"  float32 exact vs float64 exact: {floor[-1]:.1e} (max {max(floor):.1e})")
             print(f"step {step} ({time.time() - start:.0f} s): "
                   + ", ".join(f"{n} {errors[n][-1]:.1e} (max {max(errors[n]):.1e}, |E|_F {residuals[n][-1]:.1e})"
                               for n in rules), flush=True)
@@ -126,6 +137,11 @@ def main(argv=None):
         }
         for name in rules
     }
+    if floor:
+        summary["float32_exact_vs_float64_exact"] = {"max": max(floor), "median": statistics.median(floor)}
+        for name in rules:
+            summary[name]["vs_float64_exact_max"] = max(far[name])
+            summary[name]["vs_float64_exact_median"] = statistics.median(far[name])
     out = {"setting": dict(vars(args), data=source, trained_with=args.strategies[0],
                            penalty="ortho_weight 100 (in the trained step)"),
            "summary": summary, "per_step_weight_error": errors, "per_step_residual": residuals}

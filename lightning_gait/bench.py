@@ -446,16 +446,6 @@ def _time_point(cfg: BenchConfig, device: torch.device, dtype: torch.dtype, widt
         results[name] = row
         rows.append(row)
 
-    if cfg.memory:
-        for name in names:
-            if not runners[name].failed:
-                try:
-                    results[name]["peak_step_mb"] = peak_step_mb(runners[name])
-                except (NonFiniteError, RuntimeError):
-                    results[name]["peak_step_mb"] = None
-            else:
-                results[name]["peak_step_mb"] = None
-
     splits = []
     if cfg.split:
         for name in names:
@@ -594,8 +584,6 @@ def run_benchmark(cfg: BenchConfig, *, log: Callable[[str], None] = print,
                   argv: Optional[Sequence[str]] = None) -> dict:
     """Run every point of ``cfg`` and return the JSON-ready results."""
     cfg.validate()
-    if cfg.memory:
-        _configure_malloc()
     out = {"meta": _meta(cfg, argv), "results": [], "split": [], "lightning": []}
     for device_name in cfg.devices:
         device = torch.device(device_name)
@@ -613,11 +601,34 @@ def run_benchmark(cfg: BenchConfig, *, log: Callable[[str], None] = print,
             if cfg.lightning_steps > 0 and cfg.lightning_variants:
                 width, depth = cfg.focus
                 out["lightning"].extend(_time_lightning(cfg, device, dtype, width, depth, log))
+    if cfg.memory:
+        # last, because the allocator setting it needs slows every later step down
+        _memory_phase(cfg, out["results"], log)
     try:
         out["meta"]["loadavg_end"] = os.getloadavg()
     except OSError:
         pass
     return out
+
+
+def _memory_phase(cfg: BenchConfig, rows: List[dict], log: Callable[[str], None]) -> None:
+    """Fill ``peak_step_mb`` of every row: fresh runners, warm-up steps, one measured step."""
+    _configure_malloc()
+    for row in rows:
+        row["peak_step_mb"] = None
+        if row.get("status") != "ok":
+            continue
+        device = torch.device(row["device"])
+        runner = StepRunner(VARIANTS[row["variant"]], width=row["width"], depth=row["depth"], batch=cfg.batch,
+                            in_features=cfg.in_features, num_classes=cfg.num_classes,
+                            dtype=getattr(torch, row["dtype"]), device=device, seed=cfg.seed)
+        try:
+            for _ in range(2):  # the optimizer state and any cached inverse exist before the measured step
+                runner.step()
+            row["peak_step_mb"] = peak_step_mb(runner)
+        except (NonFiniteError, RuntimeError) as err:
+            log(f"  memory of {row['variant']} failed: {err}")
+        del runner
 
 
 def _fmt(v, spec=".1f") -> str:

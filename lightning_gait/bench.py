@@ -612,23 +612,67 @@ def run_benchmark(cfg: BenchConfig, *, log: Callable[[str], None] = print,
 
 
 def _memory_phase(cfg: BenchConfig, rows: List[dict], log: Callable[[str], None]) -> None:
-    """Fill ``peak_step_mb`` of every row: fresh runners, warm-up steps, one measured step."""
-    _configure_malloc()
-    for row in rows:
+    """Fill ``peak_step_mb`` of every row.
+
+    CPU rows are measured in one fresh Python process whose allocator is set up before any
+    tensor exists (:func:`_memory_worker`): in this process the heap already holds freed
+    blocks that a step would reuse unseen. CUDA rows are measured here.
+    """
+    specs = []
+    for k, row in enumerate(rows):
         row["peak_step_mb"] = None
         if row.get("status") != "ok":
             continue
-        device = torch.device(row["device"])
-        runner = StepRunner(VARIANTS[row["variant"]], width=row["width"], depth=row["depth"], batch=cfg.batch,
-                            in_features=cfg.in_features, num_classes=cfg.num_classes,
-                            dtype=getattr(torch, row["dtype"]), device=device, seed=cfg.seed)
-        try:
-            for _ in range(2):  # the optimizer state and any cached inverse exist before the measured step
-                runner.step()
-            row["peak_step_mb"] = peak_step_mb(runner)
-        except (NonFiniteError, RuntimeError) as err:
-            log(f"  memory of {row['variant']} failed: {err}")
-        del runner
+        spec = dict(index=k, variant=row["variant"], width=row["width"], depth=row["depth"], batch=cfg.batch,
+                    in_features=cfg.in_features, num_classes=cfg.num_classes, dtype=row["dtype"],
+                    device=row["device"], seed=cfg.seed)
+        if row["device"] == "cuda":
+            row["peak_step_mb"] = _measure_spec(spec)
+        else:
+            specs.append(spec)
+    if not specs:
+        return
+    import subprocess
+
+    code = "from lightning_gait.bench import _memory_worker; _memory_worker()"
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    payload = json.dumps({"threads": torch.get_num_threads(), "specs": specs})
+    proc = subprocess.run([sys.executable, "-c", code], input=payload, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        log(f"  memory worker failed: {proc.stderr.strip()[-500:]}")
+        return
+    for line in proc.stdout.splitlines():
+        if line.startswith("PEAK "):
+            index, value = line[5:].split()
+            rows[int(index)]["peak_step_mb"] = None if value == "None" else float(value)
+
+
+def _measure_spec(spec: dict) -> Optional[float]:
+    runner = StepRunner(VARIANTS[spec["variant"]], width=spec["width"], depth=spec["depth"], batch=spec["batch"],
+                        in_features=spec["in_features"], num_classes=spec["num_classes"],
+                        dtype=getattr(torch, spec["dtype"]), device=torch.device(spec["device"]),
+                        seed=spec["seed"])
+    try:
+        for _ in range(2):  # the optimizer state and any cached inverse exist before the measured step
+            runner.step()
+        return peak_step_mb(runner)
+    except (NonFiniteError, RuntimeError):
+        return None
+
+
+def _memory_worker() -> None:
+    """Entry point of the memory process: specs as JSON on stdin, ``PEAK index MB`` lines out."""
+    _configure_malloc()
+    payload = json.loads(sys.stdin.read())
+    torch.set_num_threads(int(payload["threads"]))
+    for spec in payload["specs"]:
+        print(f"PEAK {spec['index']} {_measure_spec(spec)}", flush=True)
+
+
+def _fmt_load(load) -> str:
+    return "-" if not load else "/".join(f"{x:.2f}" for x in load)
 
 
 def _fmt(v, spec=".1f") -> str:
@@ -641,7 +685,14 @@ def format_markdown(result: dict) -> str:
     meta = result.get("meta", {})
     lines.append(f"Machine: {meta.get('cpu')} ({meta.get('torch_threads')} torch threads), "
                  f"torch {meta.get('torch')}, CUDA: {meta.get('cuda')}. "
-                 f"Load average at start/end: {meta.get('loadavg_start')} / {meta.get('loadavg_end')}.")
+                 f"Load average at start/end: {_fmt_load(meta.get('loadavg_start'))} / "
+                 f"{_fmt_load(meta.get('loadavg_end'))}.")
+    loads = [x for key in ("loadavg_start", "loadavg_end") for x in (meta.get(key) or [])[:1]]
+    if loads and meta.get("cpu_count") and max(loads) > 0.5 * meta["cpu_count"]:
+        lines.append("")
+        lines.append(f"**Warning: other processes kept the machine busy (1-minute load {max(loads):.1f} on "
+                     f"{meta['cpu_count']} cores); multi-threaded BLAS timings under contention swing by "
+                     "several times. Rerun on a quiet machine, or compare with --threads 1.**")
     lines.append("")
     groups: Dict[Tuple, List[dict]] = {}
     for r in result.get("results", []):

@@ -80,7 +80,7 @@ RULES = {
 }
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(300)  # a hang guard, not a speed check
 @pytest.mark.parametrize("name", list(RULES))
 def test_rule_lowers_the_training_loss_float64(name):
     make_rule, net_options = RULES[name]
@@ -96,7 +96,7 @@ def test_rule_lowers_the_training_loss_float64(name):
     assert after < 0.7 * before, f"{name}: mean cross-entropy {before:.4f} -> {after:.4f} after {EPOCHS} epochs"
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(300)  # a hang guard, not a speed check
 @pytest.mark.parametrize(
     "name, make_rule",
     [

@@ -169,6 +169,7 @@ def test_cached_inverse_needs_the_difference_form():
         ({"refinements": 1.5}, "refinements"),
         ({"newton_steps": 0, "refinements": 0}, "newton_steps"),
         ({"refresh_every": 0}, "refresh_every"),
+        ({"newton_steps": 0, "refinements": 1}, "refresh_every"),
         ({"max_residual": 0.0}, "max_residual"),
     ],
 )

@@ -39,8 +39,9 @@ class GAITProp(LocalLearningRule):
         ortho_weight: the orthogonality penalty's weight; the paper's 100.
         inverse: how each step's layer inverses are obtained (:mod:`lightning_gait.inverses`):
             ``"lu"`` (the default: an exact LU factorisation of every square weight each
-            step), ``"cached"`` (an explicit inverse kept across steps and corrected by a
-            Newton-Schulz step each step: every solve becomes one matrix product; needs
+            step), ``"cached"`` (an explicit inverse kept across steps, corrected by a
+            Newton-Schulz step each step and one refinement step per solve, within 1e-6
+            of the exact updates, see ``benchmarks/README.md``; needs
             ``target_mode="difference"``, since the paper's form subtracts targets that
             agree with the activations to ~1e-7 and so needs the inverse exact to
             round-off), or an :class:`~lightning_gait.inverses.InverseStrategy`.

@@ -687,7 +687,8 @@ def format_markdown(result: dict) -> str:
                  f"torch {meta.get('torch')}, CUDA: {meta.get('cuda')}. "
                  f"Load average at start/end: {_fmt_load(meta.get('loadavg_start'))} / "
                  f"{_fmt_load(meta.get('loadavg_end'))}.")
-    loads = [x for key in ("loadavg_start", "loadavg_end") for x in (meta.get(key) or [])[:1]]
+    # the load at the start is other processes' (at the end it includes this benchmark's own)
+    loads = (meta.get("loadavg_start") or [])[:1]
     if loads and meta.get("cpu_count") and max(loads) > 0.5 * meta["cpu_count"]:
         lines.append("")
         lines.append(f"**Warning: other processes kept the machine busy (1-minute load {max(loads):.1f} on "

@@ -144,8 +144,27 @@ def _wandb_sync_hint(trainer) -> Optional[str]:
     return None
 
 
+def _close_process_group() -> None:
+    """Shut a DDP process group down before the interpreter exits.
+
+    Left open, gloo's worker threads can be torn down mid-flight at exit, aborting the
+    process ("terminate called without an active exception") after a successful run.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def main(args=None) -> int:
     """Entry point; returns the process exit code."""
+    try:
+        return _main(args)
+    finally:
+        _close_process_group()
+
+
+def _main(args=None) -> int:
     configure_wandb_mode()
     from .data import DataNotFoundError
     from .targets import NonFiniteError

@@ -125,6 +125,18 @@ def layer_series(series: Series, family: str) -> List[Tuple[int, List[float], Li
     return sorted(out)
 
 
+def _finish_layer_axes(ax, title: str, ylabel: str, *, log: bool) -> bool:
+    """Scale, titles, grid and legend of a per-layer panel over training steps."""
+    if log:
+        ax.set_yscale("log")
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", ncol=2)
+    return True
+
+
 def _colours(n: int):
     import matplotlib
 
@@ -145,14 +157,7 @@ def _layer_panel(ax, series: Series, family: str, *, title: str, ylabel: str, lo
     for colour, (k, steps, values) in zip(_colours(len(layers)), layers):
         ax.plot(steps, values, color=colour, label=f"layer {k}", marker="." if len(steps) < 30 else None)
     every = [v for _, _, values in layers for v in values]
-    if log if log is not None else _use_log(every):
-        ax.set_yscale("log")
-    ax.set_title(title)
-    ax.set_xlabel("step")
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", ncol=2)
-    return True
+    return _finish_layer_axes(ax, title, ylabel, log=log if log is not None else _use_log(every))
 
 
 def _save(fig, path: Path) -> Path:
@@ -239,14 +244,7 @@ def _band_panel(ax, series: Series, family: str, *, title: str, ylabel: str, log
         ax.plot(steps, values, color=colour, label=f"layer {k}", marker="." if len(steps) < 30 else None)
         if k in low and k in high and low[k][0] == high[k][0]:
             ax.fill_between(low[k][0], low[k][1], high[k][1], color=colour, alpha=0.2, lw=0)
-    if log:
-        ax.set_yscale("log")
-    ax.set_title(title)
-    ax.set_xlabel("step")
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", ncol=2)
-    return True
+    return _finish_layer_axes(ax, title, ylabel, log=log)
 
 
 def plot_targets(series: Series, out: Path, title: str) -> Optional[Path]:

@@ -78,7 +78,16 @@ class Identity(InvertibleActivation):
 
 
 class LeakyReLU(InvertibleActivation):
-    """Leaky ReLU: ``f(x) = x`` for ``x >= 0``, ``alpha * x`` otherwise."""
+    """Leaky ReLU: ``f(x) = x`` for ``x >= 0``, ``alpha * x`` otherwise.
+
+    Everything here is arithmetic, no boolean masks: on CPU ``torch.where`` over float64
+    batches costs about 50 times a multiply (``benchmarks/README.md``), and these four
+    functions run at every layer of every step. The value is
+    :func:`torch.nn.functional.leaky_relu` (whose backward autograd uses), the inverse
+    is a leaky ReLU with slope ``1 / alpha``, and the slope uses
+    ``step(z) = clamp(sign(z), min=0)`` (1 above zero, 0 at and below it; NaN stays NaN).
+    At ``z = 0`` exactly the slope is ``alpha``, as in PyTorch's leaky ReLU backward.
+    """
 
     name = "leaky_relu"
 
@@ -88,26 +97,32 @@ class LeakyReLU(InvertibleActivation):
             raise ValueError(f"alpha must lie in (0, 1) for an invertible leaky ReLU, got {alpha}")
         self.alpha = float(alpha)
 
+    @staticmethod
+    def _step(x: Tensor) -> Tensor:
+        """1 where ``x > 0``, 0 elsewhere, NaN where ``x`` is NaN; a new tensor."""
+        return torch.sign(x).clamp_(min=0.0)
+
     def forward(self, z: Tensor) -> Tensor:
-        return torch.where(z >= 0, z, self.alpha * z)
+        return F.leaky_relu(z, self.alpha)
 
     def inverse(self, a: Tensor) -> Tensor:
-        return torch.where(a >= 0, a, a / self.alpha)
+        return F.leaky_relu(a, 1.0 / self.alpha)
 
     def derivative(self, z: Tensor) -> Tensor:
-        return torch.where(z >= 0, torch.ones_like(z), torch.full_like(z, self.alpha))
+        # alpha + (1 - alpha) step(z)
+        return self._step(z).mul_(1.0 - self.alpha).add_(self.alpha)
 
     def inverse_difference(self, z: Tensor, h: Tensor) -> Tensor:
-        # f^-1(y) = y * s(y) with s = 1 or 1/alpha, so with a = f(z):
+        # f^-1(y) = y * s(y) with s = 1 (y > 0) or 1/alpha, so with a = f(z):
         # f^-1(a + h) - z = h * s(a + h) + a * (s(a + h) - s(a)).
         # The second term is nonzero only when a + h crosses the kink, and then it is
-        # not small, so nothing is lost to cancellation.
+        # not small, so nothing is lost to cancellation. (Any s(0) gives the same value.)
         a = self.forward(z)
-        u = a + h
         inv_alpha = 1.0 / self.alpha
-        s_new = torch.where(u >= 0, torch.ones_like(u), torch.full_like(u, inv_alpha))
-        s_old = torch.where(a >= 0, torch.ones_like(a), torch.full_like(a, inv_alpha))
-        return h * s_new + a * (s_new - s_old)
+        s_new = self._step(a + h).mul_(1.0 - inv_alpha).add_(inv_alpha)
+        s_old = self._step(a).mul_(1.0 - inv_alpha).add_(inv_alpha)
+        jump = s_new - s_old
+        return torch.addcmul(h * s_new, a, jump)
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}"

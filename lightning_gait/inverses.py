@@ -179,7 +179,8 @@ class CachedInverse(InverseStrategy):
         self.refinements = refinements
         self.refresh_every = refresh_every
         self.max_residual = float(max_residual)
-        self._cache: Dict[int, Tuple[Tensor, Tuple[int, int], int]] = {}
+        # layer index -> (cached inverse, the weight it was corrected for, age in weight changes)
+        self._cache: Dict[int, Tuple[Tensor, Tensor, int]] = {}
         self.exact_refreshes = 0
         self.last_residual = math.nan
 
@@ -197,11 +198,6 @@ class CachedInverse(InverseStrategy):
             f"refresh_every={self.refresh_every}, max_residual={self.max_residual})"
         )
 
-    @staticmethod
-    def _key(weight: Tensor) -> Tuple[int, int]:
-        # in-place optimizer updates bump the version counter; a new tensor has a new pointer
-        return (weight.data_ptr(), weight._version)
-
     @torch.no_grad()
     def _exact(self, weight: Tensor) -> Tensor:
         self.exact_refreshes += 1
@@ -218,9 +214,13 @@ class CachedInverse(InverseStrategy):
 
     @torch.no_grad()
     def inverse_of(self, index: int, weight: Tensor) -> Tensor:
-        """The corrected cached inverse of ``weight^T`` for layer ``index``."""
+        """The corrected cached inverse of ``weight^T`` for layer ``index``.
+
+        Whether the weights moved is decided by comparing them with a copy kept from the
+        last call (``n^2`` reads), not by tensor version counters: fused optimizers
+        (``torch.optim.Adam(fused=True)``) update parameters in place without bumping them.
+        """
         weight = weight.detach()
-        key = self._key(weight)
         cached = self._cache.get(index)
         if (
             cached is None
@@ -229,9 +229,11 @@ class CachedInverse(InverseStrategy):
             or cached[0].device != weight.device
         ):
             inverse, age = self._exact(weight), 0
+            seen = weight.clone()
         else:
-            inverse, cached_key, age = cached
-            if cached_key != key:
+            inverse, seen, age = cached
+            if not torch.equal(seen, weight):
+                seen.copy_(weight)
                 age += 1
                 if self.refresh_every is not None and age >= self.refresh_every:
                     inverse, age = self._exact(weight), 0
@@ -242,7 +244,7 @@ class CachedInverse(InverseStrategy):
                         if not norm <= self.max_residual:  # also catches NaN
                             inverse, age = self._exact(weight), 0
                             break
-        self._cache[index] = (inverse, self._key(weight), age)
+        self._cache[index] = (inverse, seen, age)
         return inverse
 
     def layer_inverses(self, net: nn.Module) -> List[Optional[MatrixInverse]]:

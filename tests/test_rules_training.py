@@ -206,6 +206,7 @@ def _net(**kwargs):
         (lambda: Backprop(_net(), loss_reduction="max"), "loss_reduction"),
         (lambda: Backprop(_net(), on_nonfinite="ignore"), "on_nonfinite"),
         (lambda: Backprop(_net(), ortho_weight=-1.0), "ortho_weight"),
+        (lambda: Backprop(_net(), fused_adam="yes"), "fused_adam"),
         (lambda: FeedbackAlignment(_net(), adam_eps=0.0), "adam_eps"),
         (lambda: Backprop(torch.zeros(3)), "net"),
     ],
@@ -214,6 +215,33 @@ def _net(**kwargs):
 def test_bad_arguments_raise_value_error_naming_the_argument(build, argument):
     with pytest.raises(ValueError, match=argument):
         build()
+
+
+def test_fused_adam_is_the_default_and_matches_the_plain_adam():
+    """Fused Adam (the default on CPU) and PyTorch's default Adam, fed the same 20 GAIT-N
+    gradients in float64, end at the same weights to round-off; ``fused_adam=True``
+    refuses parameters it cannot fuse and names the argument."""
+    x, y = make_dataset().tensors
+    nets = {fused: make_net() for fused in (None, False)}
+    rules = {fused: GAITProp(net, normalize=True, lr=LR, fused_adam=fused) for fused, net in nets.items()}
+    optimizers = {fused: rule.configure_optimizers() for fused, rule in rules.items()}
+    assert optimizers[None].defaults.get("fused") is True
+    assert not optimizers[False].defaults.get("fused")
+    start = torch.cat([p.detach().flatten() for p in nets[False].parameters()])
+    for step in range(20):
+        grads = rules[False].local_gradients(x[step * 16:(step + 1) * 16], y[step * 16:(step + 1) * 16])
+        for fused, net in nets.items():
+            for (gw, gb), layer in zip(grads, net.layers):
+                layer.weight.grad, layer.bias.grad = gw.clone(), gb.clone()
+            optimizers[fused].step()
+    final = {fused: torch.cat([p.detach().flatten() for p in net.parameters()]) for fused, net in nets.items()}
+    moved = (final[False] - start).norm()
+    assert moved > 0
+    assert (final[None] - final[False]).norm() <= 1e-13 * moved
+    rule = Backprop(make_net(), fused_adam=True)
+    rule.net.to("meta")  # no fused Adam kernel for the meta device
+    with pytest.raises(ValueError, match="fused_adam"):
+        rule.configure_optimizers()
 
 
 def test_backprop_and_feedback_alignment_accept_a_plain_output():

@@ -76,6 +76,12 @@ class LocalLearningRule(pl.LightningModule):
         on_nonfinite: ``"raise"`` a :class:`NonFiniteError` naming the layer and step, or
             ``"skip"`` the batch (no optimizer step), warn and count it in
             ``train/skipped_batches``.
+        fused_adam: use PyTorch's fused Adam kernel (``torch.optim.Adam(fused=True)``).
+            ``None`` (default): fused wherever every parameter is a floating tensor on CPU
+            or CUDA, else PyTorch's default Adam. Same update to round-off (measured 1e-16
+            relative in float64); on the 2-core CPU of ``benchmarks/README.md`` the float64
+            optimizer step of a 3072 -> 6 x 500 network drops from about 12 ms to 2.5 ms.
+            ``True`` raises where it is not available; ``False`` uses PyTorch's default Adam.
 
     Extension points: :meth:`layer_signals` (what most rules override),
     :meth:`local_objective`, :meth:`configure_optimizers`.
@@ -94,6 +100,7 @@ class LocalLearningRule(pl.LightningModule):
         ortho_weight: float = 0.0,
         loss_reduction: str = "sum",
         on_nonfinite: str = "raise",
+        fused_adam: Optional[bool] = None,
     ) -> None:
         super().__init__()
         if not isinstance(net, nn.Module):
@@ -115,6 +122,8 @@ class LocalLearningRule(pl.LightningModule):
             raise ValueError(f"loss_reduction must be 'sum' or 'mean', got {loss_reduction!r}")
         if on_nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"on_nonfinite must be one of {NONFINITE_POLICIES}, got {on_nonfinite!r}")
+        if fused_adam not in (None, True, False):
+            raise ValueError(f"fused_adam must be None (automatic), True or False, got {fused_adam!r}")
         self.automatic_optimization = False
         self.net = net
         self.lr = float(lr)
@@ -123,6 +132,7 @@ class LocalLearningRule(pl.LightningModule):
         self.ortho_weight = float(ortho_weight)
         self.loss_reduction = loss_reduction
         self.on_nonfinite = on_nonfinite
+        self.fused_adam = fused_adam
         self.save_hyperparameters(ignore=["net"])
 
         num_classes = net.num_classes
@@ -194,7 +204,17 @@ class LocalLearningRule(pl.LightningModule):
         return self.net(x)
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.net.parameters(), lr=self.lr, betas=self.betas, eps=self.adam_eps)
+        """Adam over the network's parameters (fused where available, see ``fused_adam``).
+
+        Lightning calls this after moving the module to its device and dtype.
+        """
+        params = list(self.net.parameters())
+        fusable = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+        if self.fused_adam and not fusable:
+            devices = sorted({f"{p.device.type}/{p.dtype}" for p in params})
+            raise ValueError(f"fused_adam=True but fused Adam does not support these parameters: {devices}")
+        fused = fusable if self.fused_adam is None else self.fused_adam
+        return torch.optim.Adam(params, lr=self.lr, betas=self.betas, eps=self.adam_eps, fused=fused or None)
 
     def on_load_checkpoint(self, checkpoint) -> None:
         """Take the checkpoint's floating dtype before its weights are copied in.

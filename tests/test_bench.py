@@ -112,3 +112,38 @@ def test_config_validation():
     # every timed variant brings its baseline along
     assert "backprop_s" in cfg.variants_at((500, 6))
     assert cfg.variants_at((1024, 6))[0] == "backprop"
+
+
+# ---------------------------------------------------------------- the floor (bench_floor)
+def test_floor_report_arithmetic():
+    """Floors and allowances follow T_gait >= T_bp + S * delta with S = depth square layers."""
+    from lightning_gait.bench_floor import floor_report
+
+    prims = {"product": 1.0, "square_product": 2.0, "lu_factor": 1.5, "lu_solve": 2.0, "inv": 5.0}
+    bp = {2: 20.0, 6: 40.0, 12: 70.0}
+    rep = floor_report(prims, bp)
+    assert rep["delta_ms"]["exact_lu"] == pytest.approx(2.5)
+    assert rep["delta_ms"]["cached_two_refinements"] == pytest.approx(4.0)
+    assert rep["delta_ms"]["cached_newton_schulz_and_refinement"] == pytest.approx(6.0)
+    assert rep["floor_ratio"]["exact_lu"][6] == pytest.approx(1 + 6 * 2.5 / 40)
+    allowed_fast = rep["allowed_delta_ms"]["1.3x_at_depth_6"]
+    assert 1 + 6 * allowed_fast / 40 == pytest.approx(1.3)
+    allowed_depth = rep["allowed_delta_ms"]["depth_12_within_10pct_of_depth_2"]
+    # at exactly the allowed delta, depth 12's ratio is 1.1x depth 2's
+    assert (1 + 12 * allowed_depth / 70) / (1 + 2 * allowed_depth / 20) == pytest.approx(1.1)
+
+
+def test_floor_cli_runs_small(tmp_path, capsys):
+    from lightning_gait import bench_floor
+
+    out = tmp_path / "floor.json"
+    result = bench_floor.main(["--width", "32", "--batch", "16", "--dtypes", "float64", "--repeats", "2",
+                               "--json", str(out)])
+    entry = result["entries"][0]
+    assert set(entry["backprop_ms"]) == {2, 6, 12}
+    for name in ("product", "lu_factor", "lu_solve"):
+        assert entry["primitives_ms"]["floor"][name] == min(entry["primitives_ms"]["alone"][name],
+                                                            entry["primitives_ms"]["interleaved"][name]) > 0
+    text = capsys.readouterr().out
+    assert "exact_lu" in text and "Largest delta" in text
+    assert json.loads(out.read_text())["entries"][0]["dtype"] == "float64"

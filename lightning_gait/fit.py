@@ -60,13 +60,25 @@ def wandb_credentials_present() -> bool:
     return bool(auth and auth[2])
 
 
-def configure_wandb_mode() -> bool:
-    """Switch W&B to offline when it would otherwise prompt for a login. Returns True if it did."""
+def configure_wandb_mode(*, announce: bool = True) -> bool:
+    """Switch W&B to offline when it would otherwise prompt for a login. Returns True if it did.
+
+    ``announce`` prints one line saying so (not wanted for ``--help`` or ``--print_config``).
+    """
     if "WANDB_MODE" in os.environ or wandb_credentials_present():
         return False
     os.environ["WANDB_MODE"] = "offline"
-    print("W&B: no API key found (WANDB_API_KEY or `wandb login`); logging offline.", file=sys.stderr)
+    if announce:
+        print("W&B: no API key found (WANDB_API_KEY or `wandb login`); logging offline.", file=sys.stderr)
     return True
+
+
+def _only_prints(args) -> bool:
+    """True for command lines that only print (help, a config listing) and train nothing."""
+    argv = sys.argv[1:] if args is None else args
+    if not isinstance(argv, (list, tuple)):
+        return False
+    return any(isinstance(a, str) and (a in ("-h", "--help") or a.startswith("--print_config")) for a in argv)
 
 
 def _build_cli(args):
@@ -165,7 +177,7 @@ def main(args=None) -> int:
 
 
 def _main(args=None) -> int:
-    configure_wandb_mode()
+    configure_wandb_mode(announce=not _only_prints(args))
     from .data import DataNotFoundError
     from .targets import NonFiniteError
 

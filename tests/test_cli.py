@@ -160,3 +160,21 @@ def test_wandb_without_login_goes_offline_and_starts(tiny_cifar_root, tmp_path):
     assert "logging offline" in result.stderr
     assert "wandb sync" in result.stdout
     assert list(tmp_path.rglob("offline-run-*/run-*.wandb"))
+
+
+def test_help_and_print_config_do_not_announce_offline_logging(monkeypatch, tmp_path, capsys):
+    from lightning_gait import fit
+
+    assert fit._only_prints(["--config", "conf/bp.yaml", "--print_config"])
+    assert fit._only_prints(["--help"]) and fit._only_prints(["-h"])
+    assert not fit._only_prints(["--config", "conf/bp.yaml", "--trainer.max_epochs", "1"])
+    for key in [k for k in os.environ if k.startswith("WANDB_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+    assert fit.configure_wandb_mode(announce=False)
+    assert os.environ["WANDB_MODE"] == "offline"  # still offline, only quiet
+    assert "logging offline" not in capsys.readouterr().err
+    monkeypatch.delenv("WANDB_MODE")
+    assert fit.configure_wandb_mode()
+    assert "logging offline" in capsys.readouterr().err

@@ -20,7 +20,7 @@ primitives that bound ``delta`` for each way of getting the solve:
   ``M``: two ``N x n x n`` products; a Newton-Schulz step on ``M`` instead costs two
   ``n x n x n`` products, more when ``n > N``). With Adam at the paper's learning rate the
   weights move so much in one step that two factors of ``||E||`` leave an update error of
-  1.1e-5 (``benchmarks/README.md``), above the 1e-6 bound; three are needed, so even with
+  1.2e-5 (``benchmarks/README.md``), above the 1e-6 bound; three are needed, so even with
   ``M`` kept exact for free, ``delta_cached >= 2 * 2 * t(product)``.
 
 From these it prints the floor of the ratio to backprop at each depth, the largest

@@ -31,16 +31,20 @@ GAIT-prop's target step ``t_{l-1} = (f^-1(u_l) - b_l) W_l^-1`` (``docs/gait-prop
 
   Documented bound (``benchmarks/README.md``): with the defaults, every layer's weight
   update stays within 1e-6 relative of the exact-inverse update (measured: at most
-  4.6e-11 over a 500-step float64 CIFAR-10 run at width 500); one correction alone
-  (Newton-Schulz only) reaches 1.1e-5 and does not meet it. The cached inverse needs
+  4.7e-11 over a 500-step float64 CIFAR-10 run at width 500); one correction alone
+  (Newton-Schulz only) reaches 1.2e-5 and does not meet it. The cached inverse needs
   ``target_mode="difference"`` (:class:`~lightning_gait.rules.gait.GAITProp` refuses it
   otherwise).
 
 Which is faster depends on the hardware. On the 2-core CPU of ``benchmarks/README.md``
 the exact LU is: a corrected cached inverse costs about 6.5 products of ``N n^2`` per
-layer against 2-4.5 for the LU and its solves. Where matrix products run far faster than
-an LU factorisation and its triangular solves (GPUs; untested here), the cached inverse
-should win. ``python -m lightning_gait.bench`` measures both.
+layer against 2-4.5 for the LU and its solves, and no correction scheme that meets 1e-6
+can be cheaper there: with the drift above, a solve needs three factors of ``E``, so at
+least two refinement steps (four products) beyond ``r M`` even if ``M`` were kept exact
+for free (``python -m lightning_gait.bench_floor`` prints that floor from measured
+primitives). Where matrix products run far faster than an LU factorisation and its
+triangular solves (GPUs; untested here), the cached inverse should win.
+``python -m lightning_gait.bench`` measures both.
 """
 from __future__ import annotations
 

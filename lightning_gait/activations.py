@@ -84,9 +84,13 @@ class LeakyReLU(InvertibleActivation):
     batches costs about 50 times a multiply (``benchmarks/README.md``), and these four
     functions run at every layer of every step. The value is
     :func:`torch.nn.functional.leaky_relu` (whose backward autograd uses), the inverse
-    is a leaky ReLU with slope ``1 / alpha``, and the slope uses
-    ``step(z) = clamp(sign(z), min=0)`` (1 above zero, 0 at and below it; NaN stays NaN).
-    At ``z = 0`` exactly the slope is ``alpha``, as in PyTorch's leaky ReLU backward.
+    is a leaky ReLU with slope ``1 / alpha``, and slopes are blended from
+    ``step(z) = clamp(sign(z), min=0)`` (exactly 1 above zero, 0 at and below it) as
+    ``step + (1 - step) * c``, which gives exactly 1 and exactly ``c`` in any dtype.
+    At ``z = 0`` exactly the slope is ``alpha``, as in PyTorch's leaky ReLU backward
+    (until November 2026 ``derivative`` returned 1 there). ``torch.sign``
+    maps NaN to 0, so :meth:`derivative` adds ``0 * z`` to keep NaN (and infinities)
+    non-finite; :meth:`inverse_difference` carries them through ``f(z)`` and ``h``.
     """
 
     name = "leaky_relu"
@@ -98,9 +102,11 @@ class LeakyReLU(InvertibleActivation):
         self.alpha = float(alpha)
 
     @staticmethod
-    def _step(x: Tensor) -> Tensor:
-        """1 where ``x > 0``, 0 elsewhere, NaN where ``x`` is NaN; a new tensor."""
-        return torch.sign(x).clamp_(min=0.0)
+    def _slope(x: Tensor, negative_slope: float) -> Tensor:
+        """1 where ``x > 0``, ``negative_slope`` elsewhere (NaN counts as not above 0); new tensor."""
+        step = torch.sign(x).clamp_(min=0.0)
+        # step + (1 - step) * c: exactly 1 or exactly c
+        return torch.rsub(step, 1.0).mul_(negative_slope).add_(step)
 
     def forward(self, z: Tensor) -> Tensor:
         return F.leaky_relu(z, self.alpha)
@@ -109,8 +115,7 @@ class LeakyReLU(InvertibleActivation):
         return F.leaky_relu(a, 1.0 / self.alpha)
 
     def derivative(self, z: Tensor) -> Tensor:
-        # alpha + (1 - alpha) step(z)
-        return self._step(z).mul_(1.0 - self.alpha).add_(self.alpha)
+        return self._slope(z, self.alpha).add_(z * 0.0)  # + 0 z: NaN and inf stay non-finite
 
     def inverse_difference(self, z: Tensor, h: Tensor) -> Tensor:
         # f^-1(y) = y * s(y) with s = 1 (y > 0) or 1/alpha, so with a = f(z):
@@ -119,9 +124,8 @@ class LeakyReLU(InvertibleActivation):
         # not small, so nothing is lost to cancellation. (Any s(0) gives the same value.)
         a = self.forward(z)
         inv_alpha = 1.0 / self.alpha
-        s_new = self._step(a + h).mul_(1.0 - inv_alpha).add_(inv_alpha)
-        s_old = self._step(a).mul_(1.0 - inv_alpha).add_(inv_alpha)
-        jump = s_new - s_old
+        s_new = self._slope(a + h, inv_alpha)
+        jump = s_new - self._slope(a, inv_alpha)
         return torch.addcmul(h * s_new, a, jump)
 
     def extra_repr(self) -> str:

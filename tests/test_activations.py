@@ -240,3 +240,21 @@ def test_unknown_activation_raises_value_error_naming_the_argument():
 def test_non_invertible_alpha_raises(cls, alpha):
     with pytest.raises(ValueError, match="alpha"):
         cls(alpha=alpha)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("alpha", [0.1, 0.059, 0.06, 0.3])
+def test_leaky_relu_slopes_are_exact_in_every_dtype(dtype, alpha):
+    """The mask-free slopes are exactly 1 and exactly alpha (1/alpha for the inverse), also
+    where 1/alpha is not representable; NaN and infinities stay non-finite in derivative."""
+    act = LeakyReLU(alpha)
+    z = torch.tensor([-2.0, -0.0, 0.0, 3.0, float("nan"), float("inf"), -float("inf")], dtype=dtype)
+    d = act.derivative(z)
+    alpha_t = torch.tensor(alpha, dtype=dtype)
+    assert d[3] == 1 and d[0] == alpha_t and d[1] == alpha_t and d[2] == alpha_t
+    assert not torch.isfinite(d[4:]).any()
+    h = torch.tensor([1e-2, 1e-2, 1e-2], dtype=dtype)
+    step = act.inverse_difference(torch.tensor([3.0, -2.0, 0.5], dtype=dtype), h)
+    assert step[0] == h[0]  # slope exactly 1 above the kink
+    assert step[1] == h[1] * torch.tensor(1.0 / alpha, dtype=dtype)
+    assert step[2] == h[2]

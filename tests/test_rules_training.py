@@ -244,6 +244,27 @@ def test_fused_adam_is_the_default_and_matches_the_plain_adam():
         rule.configure_optimizers()
 
 
+@pytest.mark.parametrize("saved_with, resumed_with", [(False, None), (None, False)])
+def test_resume_uses_the_adam_implementation_asked_for_now(tmp_path, saved_with, resumed_with):
+    """``Optimizer.load_state_dict`` restores the checkpoint's ``fused`` flag; the rule puts
+    back the implementation chosen by its own ``fused_adam`` when training starts."""
+    loader = DataLoader(make_dataset(), batch_size=BATCH_SIZE, shuffle=False)
+    first = make_trainer(max_epochs=1, limit_train_batches=2)
+    first.fit(GAITProp(make_net(), normalize=True, lr=LR, fused_adam=saved_with), loader)
+    ckpt = tmp_path / "first.ckpt"
+    first.save_checkpoint(ckpt)
+    saved_flag = torch.load(ckpt, weights_only=False)["optimizer_states"][0]["param_groups"][0]["fused"]
+    assert bool(saved_flag) == (saved_with is None)
+    second = make_trainer(max_epochs=2, limit_train_batches=2)
+    second.fit(GAITProp(make_net(), normalize=True, lr=LR, fused_adam=resumed_with), loader, ckpt_path=ckpt)
+    assert second.global_step == 4
+    group = second.optimizers[0].param_groups[0]
+    assert bool(group["fused"]) == (resumed_with is None)
+    if resumed_with is None:
+        steps = [second.optimizers[0].state[p]["step"] for p in group["params"]]
+        assert all(t.dtype == torch.float32 and float(t) == 4 for t in steps)
+
+
 def test_backprop_and_feedback_alignment_accept_a_plain_output():
     for cls in (Backprop, FeedbackAlignment):
         rule = cls(_net(square_output=False))

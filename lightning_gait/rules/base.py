@@ -49,6 +49,16 @@ __all__ = ["LocalLearningRule", "LocalObjective", "NONFINITE_POLICIES"]
 NONFINITE_POLICIES = ("raise", "skip")
 
 
+def _fused_adam_devices() -> set:
+    """Device types PyTorch's fused Adam supports (``cpu`` and ``cuda`` if it cannot tell)."""
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+        return set(_get_fused_kernels_supported_devices())
+    except (ImportError, AttributeError):  # a private helper: fall back where it moved
+        return {"cpu", "cuda"}
+
+
 @dataclass
 class LocalObjective:
     """What :meth:`LocalLearningRule.local_objective` returns for one batch.
@@ -77,11 +87,13 @@ class LocalLearningRule(pl.LightningModule):
             ``"skip"`` the batch (no optimizer step), warn and count it in
             ``train/skipped_batches``.
         fused_adam: use PyTorch's fused Adam kernel (``torch.optim.Adam(fused=True)``).
-            ``None`` (default): fused wherever every parameter is a floating tensor on CPU
-            or CUDA, else PyTorch's default Adam. Same update to round-off (measured 1e-16
-            relative in float64); on the 2-core CPU of ``benchmarks/README.md`` the float64
-            optimizer step of a 3072 -> 6 x 500 network drops from about 12 ms to 2.5 ms.
-            ``True`` raises where it is not available; ``False`` uses PyTorch's default Adam.
+            ``None`` (default): fused wherever every parameter is a floating tensor on a
+            device the fused kernel supports (CPU, CUDA, ...), else PyTorch's default Adam.
+            Same update to round-off (measured 1e-16 relative in float64); on the 2-core CPU
+            of ``benchmarks/README.md`` the float64 optimizer step of a 3072 -> 6 x 500
+            network drops from about 12 ms to 2.5-4 ms. ``True`` raises where it is not
+            available; ``False`` uses PyTorch's default Adam. A resumed run uses the choice
+            made now, whichever implementation wrote the checkpoint.
 
     Extension points: :meth:`layer_signals` (what most rules override),
     :meth:`local_objective`, :meth:`configure_optimizers`.
@@ -209,12 +221,47 @@ class LocalLearningRule(pl.LightningModule):
         Lightning calls this after moving the module to its device and dtype.
         """
         params = list(self.net.parameters())
-        fusable = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-        if self.fused_adam and not fusable:
-            devices = sorted({f"{p.device.type}/{p.dtype}" for p in params})
-            raise ValueError(f"fused_adam=True but fused Adam does not support these parameters: {devices}")
-        fused = fusable if self.fused_adam is None else self.fused_adam
+        supported = _fused_adam_devices()
+        unfusable = sorted({f"{p.device.type}/{p.dtype}" for p in params
+                            if not (p.is_floating_point() and p.device.type in supported)})
+        if self.fused_adam and unfusable:
+            raise ValueError(
+                f"fused_adam=True, but PyTorch's fused Adam does not support parameters on {unfusable} "
+                f"(supported devices: {sorted(supported)}, floating dtypes); use fused_adam=None "
+                "(fused where possible) or fused_adam=False"
+            )
+        fused = not unfusable if self.fused_adam is None else self.fused_adam
+        self._adam_fused = bool(fused)
         return torch.optim.Adam(params, lr=self.lr, betas=self.betas, eps=self.adam_eps, fused=fused or None)
+
+    def on_train_start(self) -> None:
+        # validation during the sanity check must not count towards the best accuracy
+        self.val_acc_best.reset()
+        self._apply_adam_implementation()
+
+    def _apply_adam_implementation(self) -> None:
+        """Make restored optimizers use the Adam implementation chosen in ``configure_optimizers``.
+
+        ``Optimizer.load_state_dict`` (Lightning's resume) restores each parameter group's
+        ``fused``/``foreach`` flags from the checkpoint, so a checkpoint written with the
+        other implementation would otherwise decide it.
+        """
+        fused = getattr(self, "_adam_fused", None)
+        if fused is None or self._trainer is None:
+            return
+        for optimizer in self.trainer.optimizers:
+            if not isinstance(optimizer, torch.optim.Adam):
+                continue
+            for group in optimizer.param_groups:
+                group["fused"] = True if fused else None
+                group["foreach"] = None
+                if not fused:
+                    continue
+                for p in group["params"]:
+                    state = optimizer.state.get(p, {})
+                    step = state.get("step")
+                    if isinstance(step, Tensor) and (step.device != p.device or step.dtype != torch.float32):
+                        state["step"] = step.to(device=p.device, dtype=torch.float32)
 
     def on_load_checkpoint(self, checkpoint) -> None:
         """Take the checkpoint's floating dtype before its weights are copied in.
@@ -305,10 +352,6 @@ class LocalLearningRule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self.val_acc_best(self.val_acc.compute())
         self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, prog_bar=True)
-
-    def on_train_start(self) -> None:
-        # validation during the sanity check must not count towards the best accuracy
-        self.val_acc_best.reset()
 
     def test_step(self, batch, batch_idx: int):
         return self._eval_step(batch, self.test_loss, self.test_acc, "test")

@@ -232,8 +232,8 @@ class StepRunner:
         for state in self.optimizer.state.values():
             total += sum(v.numel() * v.element_size() for v in state.values() if isinstance(v, Tensor))
         strategy = getattr(self.rule, "inverse_strategy", None)
-        cache = getattr(strategy, "_cache", None) or {}
-        total += sum(entry[0].numel() * entry[0].element_size() for entry in cache.values())
+        if hasattr(strategy, "state_bytes"):
+            total += strategy.state_bytes()
         return total
 
 

@@ -221,8 +221,9 @@ class CachedInverse(InverseStrategy):
         """The corrected cached inverse of ``weight^T`` for layer ``index``.
 
         Whether the weights moved is decided by comparing them with a copy kept from the
-        last call (``n^2`` reads), not by tensor version counters: fused optimizers
-        (``torch.optim.Adam(fused=True)``) update parameters in place without bumping them.
+        last call (``n^2`` reads and ``n^2`` more memory per layer), not by tensor version
+        counters: fused optimizers (``torch.optim.Adam(fused=True)``) update parameters in
+        place without bumping them.
         """
         weight = weight.detach()
         cached = self._cache.get(index)
@@ -237,7 +238,6 @@ class CachedInverse(InverseStrategy):
         else:
             inverse, seen, age = cached
             if not torch.equal(seen, weight):
-                seen.copy_(weight)
                 age += 1
                 if self.refresh_every is not None and age >= self.refresh_every:
                     inverse, age = self._exact(weight), 0
@@ -248,8 +248,21 @@ class CachedInverse(InverseStrategy):
                         if not norm <= self.max_residual:  # also catches NaN
                             inverse, age = self._exact(weight), 0
                             break
+                # only now: if a correction above raised, the next call corrects again
+                seen.copy_(weight)
         self._cache[index] = (inverse, seen, age)
         return inverse
+
+    def state_bytes(self) -> int:
+        """Bytes held across steps: each layer's inverse and the copy of its weights."""
+        return sum(t.numel() * t.element_size() for inverse, seen, _ in self._cache.values() for t in (inverse, seen))
+
+    def __getstate__(self):
+        # pickles (checkpoint hyperparameters, deepcopy) leave the tensors out; the next
+        # step recomputes them exactly
+        state = self.__dict__.copy()
+        state["_cache"] = {}
+        return state
 
     def layer_inverses(self, net: nn.Module) -> List[Optional[MatrixInverse]]:
         out: List[Optional[MatrixInverse]] = [None] * net.num_layers

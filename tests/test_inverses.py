@@ -185,3 +185,49 @@ def test_build_inverse_strategy():
     assert build_inverse_strategy(custom) is custom
     with pytest.raises(ValueError, match="inverse"):
         build_inverse_strategy("qr")
+
+
+def _residual(weight, inverse):
+    eye = torch.eye(weight.shape[0], dtype=weight.dtype)
+    return float(torch.linalg.matrix_norm(eye - weight.T @ inverse))
+
+
+def test_cached_inverse_corrects_again_after_a_failed_correction():
+    """If a correction raises mid-way, the weights are not marked as seen: the next call
+    with the same weights corrects instead of returning the stale inverse."""
+    torch.manual_seed(0)
+    net = InvertibleMLP(in_features=8, width=12, depth=2, num_classes=3).double()
+    weight = net.layers[1].weight
+    strategy = CachedInverse()
+    strategy.inverse_of(1, weight.detach())
+    with torch.no_grad():
+        weight.add_(1e-3 * torch.randn_like(weight))
+    stale = _residual(weight.detach(), strategy._cache[1][0])
+    assert stale > 1e-4
+
+    def fail(*args):
+        raise RuntimeError("simulated failure")
+
+    strategy._newton_schulz = fail
+    with pytest.raises(RuntimeError, match="simulated"):
+        strategy.inverse_of(1, weight.detach())
+    del strategy._newton_schulz  # back to the method
+    corrected = strategy.inverse_of(1, weight.detach())
+    # one Newton-Schulz step: ||I - W M_new||_F = ||E^2||_F <= ||E||_F^2
+    assert _residual(weight.detach(), corrected) <= stale**2 * (1 + 1e-9)
+
+
+def test_cached_inverse_state_and_pickling():
+    """state_bytes counts each layer's inverse and weight copy; a pickle (as in checkpoint
+    hyperparameters) leaves the cache out and the copy recomputes it exactly."""
+    import pickle
+
+    net = InvertibleMLP(in_features=8, width=12, depth=3, num_classes=3).double()
+    strategy = CachedInverse()
+    strategy.layer_inverses(net)
+    square = len(net.square_layer_indices)
+    assert strategy.state_bytes() == square * 2 * 12 * 12 * 8
+    clone = pickle.loads(pickle.dumps(strategy))
+    assert clone.state_bytes() == 0 and clone.newton_steps == strategy.newton_steps
+    again = clone.layer_inverses(net)[1].inverse
+    assert _residual(net.layers[1].weight.detach(), again) < 1e-12

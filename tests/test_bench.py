@@ -116,21 +116,36 @@ def test_config_validation():
 
 # ---------------------------------------------------------------- the floor (bench_floor)
 def test_floor_report_arithmetic():
-    """Floors and allowances follow T_gait >= T_bp + S * delta with S = depth square layers."""
+    """Floors follow T_gait >= T_bp + S * delta with S = depth square layers; added terms
+    use the fast timings, the subtracted product the slow one; the cached schemes take
+    the fewest refinements that the drift model allows."""
     from lightning_gait.bench_floor import floor_report
 
-    prims = {"product": 1.0, "square_product": 2.0, "lu_factor": 1.5, "lu_solve": 2.0, "inv": 5.0}
+    low = {"product": 1.0, "square_product": 2.0, "lu_factor": 1.5, "lu_solve": 2.0, "inv": 5.0}
+    high = {k: v * 1.2 for k, v in low.items()}
+    low32 = {k: v / 2 for k, v in low.items()}
     bp = {2: 20.0, 6: 40.0, 12: 70.0}
-    rep = floor_report(prims, bp)
-    assert rep["delta_ms"]["exact_lu"] == pytest.approx(2.5)
-    assert rep["delta_ms"]["cached_two_refinements"] == pytest.approx(4.0)
-    assert rep["delta_ms"]["cached_newton_schulz_and_refinement"] == pytest.approx(6.0)
-    assert rep["floor_ratio"]["exact_lu"][6] == pytest.approx(1 + 6 * 2.5 / 40)
+    rep = floor_report(low, high, bp, dtype="float64", low32=low32, drift=2e-3, tolerance=1.5e-6)
+    schemes = rep["schemes"]
+    assert schemes["exact_lu"]["delta"] == pytest.approx(1.5 + 2.0 - 1.2)
+    # 2e-3^2 = 4e-6 > 1.5e-6, 2e-3^3 = 8e-9: two refinements
+    assert schemes["cached_free_upkeep"] == {"delta": pytest.approx(4.0), "refinements": 2}
+    # Newton-Schulz squares the drift: (4e-6)^1 > 1.5e-6, (4e-6)^2 ok: one refinement
+    assert schemes["cached_newton_schulz"]["delta"] == pytest.approx(2 * 2.0 + 2 * 1.0)
+    # refresh: c = 2 allows (K 2e-3)^3 <= 1.5e-6, K <= 5: 4 + 5/5 = 5.0; c = 3: K <= 17: 6 + 5/17
+    assert schemes["cached_refresh"]["delta"] == pytest.approx(5.0)
+    assert schemes["cached_refresh"]["refresh_every"] == 5
+    assert schemes["cached_mixed"]["delta"] == pytest.approx(0.5 - 1.2 + 2 * (1.0 + 0.5))
+    assert rep["floor_ratio"]["exact_lu"][6] == pytest.approx(1 + 6 * 2.3 / 40)
     allowed_fast = rep["allowed_delta_ms"]["1.3x_at_depth_6"]
     assert 1 + 6 * allowed_fast / 40 == pytest.approx(1.3)
     allowed_depth = rep["allowed_delta_ms"]["depth_12_within_10pct_of_depth_2"]
     # at exactly the allowed delta, depth 12's ratio is 1.1x depth 2's
     assert (1 + 12 * allowed_depth / 70) / (1 + 2 * allowed_depth / 20) == pytest.approx(1.1)
+    # float32: the looser tolerance lets one refinement do, and there is no mixed scheme
+    rep32 = floor_report(low32, low32, bp, dtype="float32", drift=2e-3)
+    assert rep32["tolerance"] == 1e-5 and rep32["schemes"]["cached_free_upkeep"]["refinements"] == 1
+    assert "cached_mixed" not in rep32["schemes"]
 
 
 def test_floor_cli_runs_small(tmp_path, capsys):
@@ -141,9 +156,10 @@ def test_floor_cli_runs_small(tmp_path, capsys):
                                "--json", str(out)])
     entry = result["entries"][0]
     assert set(entry["backprop_ms"]) == {2, 6, 12}
+    prims = entry["primitives_ms"]
     for name in ("product", "lu_factor", "lu_solve"):
-        assert entry["primitives_ms"]["floor"][name] == min(entry["primitives_ms"]["alone"][name],
-                                                            entry["primitives_ms"]["interleaved"][name]) > 0
+        pair = (prims["alone"][name], prims["interleaved"][name])
+        assert prims["low"][name] == min(pair) > 0 and prims["high"][name] == max(pair)
     text = capsys.readouterr().out
-    assert "exact_lu" in text and "Largest delta" in text
+    assert "exact_lu" in text and "cached_free_upkeep" in text and "Largest delta" in text
     assert json.loads(out.read_text())["entries"][0]["dtype"] == "float64"

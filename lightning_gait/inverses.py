@@ -38,12 +38,12 @@ GAIT-prop's target step ``t_{l-1} = (f^-1(u_l) - b_l) W_l^-1`` (``docs/gait-prop
 
 Which is faster depends on the hardware. On the 2-core CPU of ``benchmarks/README.md``
 the exact LU is: a corrected cached inverse costs about 6.5 products of ``N n^2`` per
-layer against 2-4.5 for the LU and its solves, and no correction scheme that meets 1e-6
-can be cheaper there: with the drift above, a solve needs three factors of ``E``, so at
-least two refinement steps (four products) beyond ``r M`` even if ``M`` were kept exact
-for free (``python -m lightning_gait.bench_floor`` prints that floor from measured
-primitives). Where matrix products run far faster than an LU factorisation and its
-triangular solves (GPUs; untested here), the cached inverse should win.
+layer against 2-4.5 for the LU and its solves, and ``python -m lightning_gait.bench_floor``
+puts every reuse scheme that meets 1e-6 above 1.3x a backprop step there (1.42x at best,
+with float32 products inside a float64 solve, free upkeep and no elementwise work; the
+drift above needs three factors of ``E`` per solve). Where matrix products run far faster
+than an LU factorisation and its triangular solves (GPUs; untested here), the cached
+inverse should win.
 ``python -m lightning_gait.bench`` measures both.
 """
 from __future__ import annotations

@@ -85,6 +85,22 @@ def _median_ms(fn: Callable[[], object], device: torch.device, repeats: int, war
     return 1e3 * statistics.median(times)
 
 
+def _round_robin_ms(fns: Dict, device: torch.device, repeats: int, warmup: int) -> Dict:
+    """Median ms of each callable, timed round-robin (one call of each per repetition)."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    samples: Dict[object, List[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            samples[key].append(1e3 * (time.perf_counter() - start))
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
 def measure_primitives(width: int, batch: int, dtype: torch.dtype, device: torch.device, *,
                        repeats: int = 40, warmup: int = 5, seed: int = 0) -> Dict[str, Dict[str, float]]:
     """Median ms of the linear algebra a square layer's solve is built from.
@@ -106,18 +122,7 @@ def measure_primitives(width: int, batch: int, dtype: torch.dtype, device: torch
         "inv": lambda: torch.linalg.inv(weight),
     }
     alone = {name: _median_ms(fn, device, repeats, warmup) for name, fn in ops.items()}
-    samples: Dict[str, List[float]] = {k: [] for k in ops}
-    for _ in range(warmup):
-        for fn in ops.values():
-            fn()
-    for _ in range(repeats):
-        for name, fn in ops.items():
-            _sync(device)
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            samples[name].append(1e3 * (time.perf_counter() - start))
-    interleaved = {k: statistics.median(v) for k, v in samples.items()}
+    interleaved = _round_robin_ms(ops, device, repeats, warmup)
     return {"alone": alone, "interleaved": interleaved,
             "low": {k: min(alone[k], interleaved[k]) for k in ops},
             "high": {k: max(alone[k], interleaved[k]) for k in ops}}
@@ -131,18 +136,7 @@ def measure_backprop(width: int, depths: Sequence[int], batch: int, in_features:
                       num_classes=10, dtype=dtype, device=device, seed=seed)
         for d in depths
     }
-    for _ in range(warmup):
-        for runner in runners.values():
-            runner.step()
-    samples: Dict[int, List[float]] = {d: [] for d in depths}
-    for _ in range(repeats):
-        for d, runner in runners.items():
-            _sync(device)
-            start = time.perf_counter()
-            runner.step()
-            _sync(device)
-            samples[d].append(1e3 * (time.perf_counter() - start))
-    return {d: statistics.median(v) for d, v in samples.items()}
+    return _round_robin_ms({d: runner.step for d, runner in runners.items()}, device, repeats, warmup)
 
 
 def _fewest_refinements(drift: float, tolerance: float, max_refinements: int = 6) -> int:

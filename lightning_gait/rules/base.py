@@ -231,7 +231,6 @@ class LocalLearningRule(pl.LightningModule):
                 "(fused where possible) or fused_adam=False"
             )
         fused = not unfusable if self.fused_adam is None else self.fused_adam
-        self._adam_fused = bool(fused)
         return torch.optim.Adam(params, lr=self.lr, betas=self.betas, eps=self.adam_eps, fused=fused or None)
 
     def on_train_start(self) -> None:
@@ -240,21 +239,21 @@ class LocalLearningRule(pl.LightningModule):
         self._apply_adam_implementation()
 
     def _apply_adam_implementation(self) -> None:
-        """Make restored optimizers use the Adam implementation chosen in ``configure_optimizers``.
+        """Make restored optimizers use the Adam implementation they were built with.
 
         ``Optimizer.load_state_dict`` (Lightning's resume) restores each parameter group's
         ``fused``/``foreach`` flags from the checkpoint, so a checkpoint written with the
-        other implementation would otherwise decide it.
+        other implementation would otherwise decide it; the optimizer's ``defaults`` keep
+        the choice of :meth:`configure_optimizers`.
         """
-        fused = getattr(self, "_adam_fused", None)
-        if fused is None or self._trainer is None:
+        if self._trainer is None:
             return
         for optimizer in self.trainer.optimizers:
             if not isinstance(optimizer, torch.optim.Adam):
                 continue
+            fused = optimizer.defaults.get("fused")
             for group in optimizer.param_groups:
-                group["fused"] = True if fused else None
-                group["foreach"] = None
+                group["fused"], group["foreach"] = fused, optimizer.defaults.get("foreach")
                 if not fused:
                     continue
                 for p in group["params"]:

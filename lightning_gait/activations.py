@@ -16,7 +16,7 @@ Constants follow ``docs/gait-prop.md`` ("Activations"), with ``alpha = 0.1``.
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Type
+from typing import Callable, Dict
 
 import torch
 from torch import Tensor, nn

@@ -245,7 +245,7 @@ class BPCorrelation(DiagnosticCallback):
             except NonFiniteError as err:
                 warnings.warn(f"BPCorrelation: {err}; logging NaN at every layer", RuntimeWarning)
                 nan = float("nan")
-                return {layer_key(f, i): nan for f in ALIGNMENT_FAMILIES for i in range(len(pl_module.net.layers))}
+                return {layer_key(f, i): nan for f in ALIGNMENT_FAMILIES for i in range(pl_module.net.num_layers)}
 
     def measure_at_init(self, trainer: "pl.Trainer", pl_module, x, y) -> Dict[str, float]:
         with trainer.precision_plugin.train_step_context():
@@ -354,9 +354,9 @@ class Orthogonality(DiagnosticCallback):
 
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         self.require(pl_module, ("net",), "Orthogonality")
-        if not hasattr(pl_module.net, "square_layer_indices"):
+        if not hasattr(pl_module.net, "orthogonality_terms"):
             raise ValueError(
-                f"Orthogonality needs a network with square_layer_indices (InvertibleMLP); "
+                f"Orthogonality needs a network implementing lightning_gait.networks.InvertibleNetwork; "
                 f"got {type(pl_module.net).__name__}"
             )
 
@@ -386,7 +386,7 @@ def _bench_fit(rule_name: str, callbacks: Sequence[Callback], *, steps: int, wid
     n = steps * batch_size
     loader = DataLoader(TensorDataset(torch.rand(n, 3072), torch.randint(0, 10, (n,))), batch_size=batch_size)
     kwargs = {"normalize": True} if rule_name == "gait" else {}
-    rule = RULES[rule_name](InvertibleMLP(3072, width, 6), **kwargs)
+    rule = RULES[rule_name](InvertibleMLP(3072, width, 6, 10), **kwargs)
     trainer = pl.Trainer(
         max_steps=steps, precision=precision, accelerator="auto", devices=1, logger=CSVLogger(log_dir),
         callbacks=list(callbacks), enable_checkpointing=False, enable_progress_bar=False,

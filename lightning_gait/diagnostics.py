@@ -125,10 +125,11 @@ def backprop_gradients(net: nn.Module, x: Tensor, y: Tensor, *, loss_reduction: 
         raise ValueError(f"loss_reduction must be 'sum' or 'mean', got {loss_reduction!r}")
     trace = net.trace(x)
     loss = F.cross_entropy(net.logits(trace.output), y, reduction=loss_reduction)
-    params = [p for layer in net.layers for p in (layer.weight, layer.bias)]
+    pairs = net.layer_parameters()
+    params = [p for pair in pairs for p in pair]
     grads = torch.autograd.grad(loss, params, allow_unused=True)
     grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
-    return [(grads[2 * i], grads[2 * i + 1]) for i in range(len(net.layers))]
+    return [(grads[2 * i], grads[2 * i + 1]) for i in range(len(pairs))]
 
 
 def alignment_metrics(updates: GradientPairs, reference: GradientPairs) -> Dict[str, float]:
@@ -219,7 +220,7 @@ def target_metrics(trace) -> Dict[str, float]:
     for i, difference in enumerate(trace.differences):
         if difference is None:
             continue
-        norms = torch.linalg.vector_norm(difference.detach().to(torch.float64), dim=1)
+        norms = torch.linalg.vector_norm(difference.detach().to(torch.float64).flatten(1), dim=1)
         metrics[layer_key("target_norm", i)] = float(norms.mean())
     for i, gamma in enumerate(trace.gammas):
         if gamma is None:
@@ -265,12 +266,11 @@ def condition_number(weight: Tensor) -> float:
 def orthogonality_metrics(net: nn.Module, *, condition: bool = True) -> Dict[str, float]:
     """``ortho/layer_{k}`` (and ``cond/layer_{k}`` when ``condition``) for every square layer.
 
-    ``net`` is an :class:`~lightning_gait.InvertibleMLP`: its square layers are layers
-    2..L (``net.square_layer_indices``); layer 1 (``3072 -> n``) is not square.
+    ``net`` is an :class:`~lightning_gait.networks.InvertibleNetwork`; its
+    ``orthogonality_terms()`` are the square matrices of the layers after the first.
     """
     metrics: Dict[str, float] = {}
-    for i in net.square_layer_indices:
-        weight = net.layers[i].weight
+    for i, weight in net.orthogonality_terms():
         metrics[layer_key("ortho", i)] = orthogonality_deviation(weight)
         if condition:
             metrics[layer_key("cond", i)] = condition_number(weight)

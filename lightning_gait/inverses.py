@@ -2,8 +2,10 @@
 
 GAIT-prop's target step ``t_{l-1} = (f^-1(u_l) - b_l) W_l^-1`` (``docs/gait-prop.md``,
 "One training step", step 4) needs ``x = r W^-1`` for a batch of row vectors ``r``
-(``N x n``) at every square layer, with the *current* weights. In ``nn.Linear`` layout
-``W = weight^T``, so a solver returns ``X`` with ``X @ weight.T == r``
+(``N x n``) at every inverted layer, with the *current* weights. In ``nn.Linear`` layout
+``W = A^T`` with ``A`` the layer's matrix (:func:`~lightning_gait.networks.matrix_view`;
+``nn.Linear.weight`` for a dense layer), so a solver returns ``X`` with ``X @ A.T == r``
+for rows, and ``solve``/``solve_affine`` apply it to the layer's own tensor shapes
 (:class:`~lightning_gait.networks.LayerInverse`'s contract). Two strategies:
 
 * :class:`ExactInverse` (``"lu"``, the default): an LU factorisation of every square
@@ -36,15 +38,10 @@ GAIT-prop's target step ``t_{l-1} = (f^-1(u_l) - b_l) W_l^-1`` (``docs/gait-prop
   ``target_mode="difference"`` (:class:`~lightning_gait.rules.gait.GAITProp` refuses it
   otherwise).
 
-Which is faster depends on the hardware. On the 2-core CPU of ``benchmarks/README.md``
-the exact LU is: a corrected cached inverse costs about 6.5 products of ``N n^2`` per
-layer against 2-4.5 for the LU and its solves, and ``python -m lightning_gait.bench_floor``
-puts every reuse scheme that meets 1e-6 above 1.3x a backprop step there (1.42x at best,
-with float32 products inside a float64 solve, free upkeep and no elementwise work; the
-drift above needs three factors of ``E`` per solve). Where matrix products run far faster
-than an LU factorisation and its triangular solves (GPUs; untested here), the cached
-inverse should win.
-``python -m lightning_gait.bench`` measures both.
+Which is faster depends on the hardware: a corrected cached inverse costs about 6.5
+products of ``N n^2`` per layer against 2-4.5 for the LU and its solves, so it can only
+win where matrix products run far faster than an LU factorisation and its triangular
+solves. The benchmarks (``benchmarks/README.md``) measure both.
 """
 from __future__ import annotations
 
@@ -54,7 +51,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from .networks import LayerInverse
+from .networks import LayerInverse, MatrixView
 
 __all__ = [
     "InverseStrategy",
@@ -67,32 +64,39 @@ __all__ = [
 
 
 class MatrixInverse:
-    """Applies an explicit approximate inverse ``M ~ (weight^T)^-1`` to row vectors.
+    """Applies an explicit approximate inverse ``M ~ (A^T)^-1`` of a layer's matrix ``A``.
 
-    ``solve(r)`` returns ``X`` with ``X @ weight.T ~= r``: ``X = r M`` followed by
-    ``refinements`` steps of iterative refinement ``X <- X + (r - X weight^T) M``.
+    ``solve_rows(r)`` returns ``X`` with ``X @ A.T ~= r``: ``X = r M`` followed by
+    ``refinements`` steps of iterative refinement ``X <- X + (r - X A^T) M``; ``solve`` and
+    ``solve_affine`` apply it to the layer's tensors through its :class:`MatrixView`.
     """
 
-    def __init__(self, inverse: Tensor, weight: Tensor, refinements: int = 0) -> None:
+    def __init__(self, inverse: Tensor, weight: Tensor, refinements: int = 0,
+                 view: Optional[MatrixView] = None) -> None:
         self.inverse = inverse
         self.weight = weight
         self.refinements = int(refinements)
+        self.view = view
 
-    def solve(self, r: Tensor) -> Tensor:
+    def solve_rows(self, r: Tensor) -> Tensor:
         x = r @ self.inverse
         for _ in range(self.refinements):
             residual = r - x @ self.weight.T
             x = torch.addmm(x, residual, self.inverse)
         return x
 
+    solve = LayerInverse.solve
+    solve_affine = LayerInverse.solve_affine
+
 
 class InverseStrategy:
-    """Gives, for one training step, a solver per layer (``None`` where not square).
+    """Gives, for one training step, a solver per layer (``None`` where not inverted).
 
     :meth:`layer_inverses` is called once per :meth:`GAITProp.target_trace
     <lightning_gait.rules.gait.GAITProp.target_trace>` with the network whose current
-    weights must be inverted; each returned object has ``solve(r)`` with
-    ``solve(r) @ weight.T == r``. Subclass it to try another scheme.
+    weights must be inverted; each returned object has ``solve(r)`` (the linear part's
+    inverse) and ``solve_affine(z)`` (the whole affine map's), as
+    :class:`~lightning_gait.networks.LayerInverse`. Subclass it to try another scheme.
     """
 
     name: str = "abstract"
@@ -113,19 +117,17 @@ class InverseStrategy:
         return f"{type(self).__name__}()"
 
 
-def _square_indices(net: nn.Module) -> List[int]:
-    return list(net.square_layer_indices)
-
-
 class ExactInverse(InverseStrategy):
-    """An LU factorisation of each square weight in every step (exact to round-off)."""
+    """The layer's own exact inverse (an LU factorisation for matrix layers) in every step."""
 
     name = "lu"
     exact = True
 
     def layer_inverses(self, net: nn.Module) -> List[Optional[LayerInverse]]:
-        # every layer after the first is square in an invertible network
-        return [None] + [net.layer_inverse(i) for i in range(1, net.num_layers)]
+        out: List[Optional[LayerInverse]] = [None] * net.num_layers
+        for i in net.inverted_layer_indices:
+            out[i] = net.layer_inverse(i)
+        return out
 
 
 class CachedInverse(InverseStrategy):
@@ -266,9 +268,10 @@ class CachedInverse(InverseStrategy):
 
     def layer_inverses(self, net: nn.Module) -> List[Optional[MatrixInverse]]:
         out: List[Optional[MatrixInverse]] = [None] * net.num_layers
-        for i in _square_indices(net):
-            weight = net.layers[i].weight.detach()
-            out[i] = MatrixInverse(self.inverse_of(i, weight), weight, self.refinements)
+        for i in net.inverted_layer_indices:
+            view = net.view(i)
+            weight = view.matrix.detach()
+            out[i] = MatrixInverse(self.inverse_of(i, weight), weight, self.refinements, view)
         return out
 
 

@@ -25,12 +25,14 @@ Two numerical forms, identical in exact arithmetic:
   :meth:`InvertibleActivation.inverse_difference`, so nothing tiny is added to
   something large.
 
-All functions here are side-effect free and work on batches (no loops over samples).
+All functions here are side-effect free and work on batches of any shape, the batch
+first: per-sample quantities (gamma, multipliers, norms) reduce over every other
+dimension, so dense ``(N, n)`` and convolutional ``(N, C, H, W)`` activations are alike.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
@@ -38,7 +40,6 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from .activations import InvertibleActivation
-from .networks import LayerInverse
 
 __all__ = [
     "TARGET_MODES",
@@ -50,6 +51,7 @@ __all__ = [
     "gait_nudge_absolute",
     "gait_nudge_difference",
     "first_nonfinite",
+    "per_sample",
 ]
 
 TARGET_MODES = ("absolute", "difference")
@@ -59,11 +61,16 @@ class NonFiniteError(FloatingPointError):
     """A target, multiplier or update that is NaN or infinite."""
 
 
+def per_sample(values: Tensor, like: Tensor) -> Tensor:
+    """``(N,)`` per-sample ``values`` shaped to broadcast over ``like`` (``(N, 1, ...)``)."""
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
+
 @dataclass
 class TargetTrace:
     """What target propagation produced for one batch, per layer (0-based, input to output).
 
-    ``differences[l]`` is ``t_l - a_l`` (shape ``(N, n_l)``), ``multipliers[l]`` the
+    ``differences[l]`` is ``t_l - a_l`` (the shape of ``a_l``), ``multipliers[l]`` the
     per-sample ``m_l`` (shape ``(N,)``), ``gammas[l]`` the per-sample gamma used at layer
     ``l`` to form the target of the layer below (``None`` for layer 0, which is never
     inverted), ``targets[l]`` the absolute targets where the rule formed them.
@@ -76,29 +83,30 @@ class TargetTrace:
 
     def signals(self) -> List[Tensor]:
         """``d loss_l / d a_l = -2 m_l (t_l - a_l)`` for each layer."""
-        return [-2.0 * m[:, None] * e for m, e in zip(self.multipliers, self.differences)]
+        return [-2.0 * per_sample(m, e) * e for m, e in zip(self.multipliers, self.differences)]
 
 
 def output_gradient(output: Tensor, y: Tensor, num_classes: int, reduction: str = "sum"):
     """``g = dL/da_L`` and the loss ``L`` for cross-entropy on the first ``num_classes`` units.
 
-    ``g`` is ``softmax - onehot`` on the logits (divided by ``N`` for ``"mean"``) and 0 on
-    the auxiliary units. Returns ``(g, loss)``; neither carries a graph.
+    The logits are the first ``num_classes`` entries of the flattened output (the network
+    contract). ``g`` is ``softmax - onehot`` on them (divided by ``N`` for ``"mean"``) and
+    0 on the auxiliary units. Returns ``(g, loss)``; neither carries a graph.
     """
     if reduction not in ("sum", "mean"):
         raise ValueError(f"loss_reduction must be 'sum' or 'mean', got {reduction!r}")
     with torch.no_grad():
-        logits = output[:, :num_classes]
+        logits = output.flatten(1)[:, :num_classes]
         loss = F.cross_entropy(logits, y, reduction=reduction)
         g_logits = torch.softmax(logits, dim=1)
         g_logits[torch.arange(len(y), device=y.device), y] -= 1.0
         if reduction == "mean":
             g_logits = g_logits / len(y)
-        if output.shape[1] == num_classes:
+        if output.dim() == 2 and output.shape[1] == num_classes:
             g = g_logits
         else:
             g = torch.zeros_like(output)
-            g[:, :num_classes] = g_logits
+            g.view(len(y), -1)[:, :num_classes] = g_logits
     return g, loss
 
 
@@ -110,39 +118,45 @@ def fixed_gamma(e: Tensor, gamma: float) -> Tensor:
 def normalized_gamma(e: Tensor, eta: float) -> Tensor:
     """Normalized targets: ``gamma = eta * sqrt(n) / ||e||_2`` per sample (eq. 5, plain norm).
 
+    ``n`` is the number of entries of one sample's activation and the norm runs over all
+    of them.
+
     A sample whose difference is exactly zero gets ``gamma = 1``: its nudge, its next
     difference and its updates are zero whatever gamma is, and ``1`` keeps the
     multiplier finite.
     """
-    norm = torch.linalg.vector_norm(e, dim=1)
-    scale = eta * math.sqrt(e.shape[1])
+    norm = torch.linalg.vector_norm(e.flatten(1), dim=1)
+    scale = eta * math.sqrt(e[0].numel())
     return torch.where(norm > 0, scale / torch.where(norm > 0, norm, torch.ones_like(norm)), torch.ones_like(norm))
 
 
 def gait_nudge_absolute(
     activation: InvertibleActivation,
-    inverse: LayerInverse,
-    bias: Tensor,
+    inverse,
     a: Tensor,
     z: Tensor,
     t: Tensor,
     gamma: Tensor,
 ) -> Tensor:
-    """Paper form: ``t_{l-1} = (f^-1((1 - eps) a + eps t) - b) W^-1`` with ``eps = gamma f'(z)^2``."""
-    eps = gamma[:, None] * activation.derivative(z) ** 2
+    """Paper form: ``t_{l-1} = (f^-1((1 - eps) a + eps t) - b) W^-1`` with ``eps = gamma f'(z)^2``.
+
+    ``inverse`` is the layer's inverse (:func:`~lightning_gait.networks.layers.layer_inverse`):
+    ``solve_affine`` subtracts the bias and applies ``W^-1``.
+    """
+    eps = per_sample(gamma, z) * activation.derivative(z) ** 2
     u = (1.0 - eps) * a + eps * t
-    return inverse.solve(activation.inverse(u) - bias)
+    return inverse.solve_affine(activation.inverse(u))
 
 
 def gait_nudge_difference(
     activation: InvertibleActivation,
-    inverse: LayerInverse,
+    inverse,
     z: Tensor,
     e: Tensor,
     gamma: Tensor,
 ) -> Tensor:
     """Exact form: ``e_{l-1} = [f^-1(a + eps e) - z] W^-1``, without forming ``a + eps e``."""
-    eps = gamma[:, None] * activation.derivative(z) ** 2
+    eps = per_sample(gamma, z) * activation.derivative(z) ** 2
     return inverse.solve(activation.inverse_difference(z, eps * e))
 
 

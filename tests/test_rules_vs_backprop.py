@@ -35,6 +35,8 @@ def build_net(seed: int, *, dtype=torch.float64, **kwargs) -> InvertibleMLP:
     """An untrained network whose (semi-)orthogonal init is computed in ``dtype``."""
     torch.manual_seed(seed)
     with default_dtype(dtype):
+        kwargs.setdefault("num_classes", 10)
+        kwargs.setdefault("in_features", 3072)
         return InvertibleMLP(**kwargs)
 
 

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from torch.nn import functional as F
+from torch.profiler import record_function
 
-from ..networks import InvertibleMLP
+from ..networks import InvertibleNetwork
 from .base import LocalLearningRule, LocalObjective
 
 __all__ = ["Backprop"]
@@ -18,11 +19,12 @@ class Backprop(LocalLearningRule):
     ``torch.autograd.grad`` of the loss.
     """
 
-    def __init__(self, net: InvertibleMLP, *, ortho_weight: float = 0.0, **kwargs) -> None:
+    def __init__(self, net: InvertibleNetwork, *, ortho_weight: float = 0.0, **kwargs) -> None:
         super().__init__(net, ortho_weight=ortho_weight, **kwargs)
 
     def local_objective(self, x, y) -> LocalObjective:
-        trace = self.net.trace(x, local=False)
+        with record_function("lightning_gait.forward"):
+            trace = self.net.trace(x, local=False)
         logits = self.net.logits(trace.output)
         loss = F.cross_entropy(logits, y, reduction=self.loss_reduction)
         return LocalObjective(loss, loss.detach(), logits.detach(), trace)

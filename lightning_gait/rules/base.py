@@ -36,17 +36,24 @@ from typing import Any, List, Optional, Sequence, Tuple
 import torch
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_warn
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn import functional as F
+from torch.profiler import record_function
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from ..networks import ForwardTrace, InvertibleMLP, orthogonality_surrogate
+from ..networks import ForwardTrace, InvertibleNetwork, orthogonality_surrogate
 from ..targets import NonFiniteError, first_nonfinite, output_gradient
 
-__all__ = ["LocalLearningRule", "LocalObjective", "NONFINITE_POLICIES"]
+__all__ = ["LocalLearningRule", "LocalObjective", "NONFINITE_POLICIES", "STEP_RANGES"]
 
 NONFINITE_POLICIES = ("raise", "skip")
+
+#: profiler ranges (``torch.profiler.record_function``) that split a training step:
+#: the forward pass, the layer inverses, the target pass, the orthogonality penalty, the
+#: backward of the local objective (the local gradients) and the optimizer step
+STEP_RANGES = ("lightning_gait.forward", "lightning_gait.inverses", "lightning_gait.targets",
+               "lightning_gait.penalty", "lightning_gait.backward", "lightning_gait.optimizer")
 
 
 def _fused_adam_devices() -> set:
@@ -77,8 +84,10 @@ class LocalLearningRule(pl.LightningModule):
     """Base class of every learning rule: owns the manual-optimization loop and metrics.
 
     Args:
-        net: the network to train. The rule trains this very object: no copy, no change
-            of dtype or device (the trainer's precision and accelerator decide those).
+        net: the network to train, any :class:`~lightning_gait.networks.InvertibleNetwork`
+            (e.g. :class:`~lightning_gait.InvertibleMLP`). The rule trains this very object:
+            no copy, no change of dtype or device (the trainer's precision and accelerator
+            decide those).
         lr, betas, adam_eps: Adam's hyperparameters (defaults: the scaling paper's).
         ortho_weight: weight of the orthogonality penalty ``||W W^T - I||_F^2`` on square
             layers (0 turns it off).
@@ -89,22 +98,21 @@ class LocalLearningRule(pl.LightningModule):
         fused_adam: use PyTorch's fused Adam kernel (``torch.optim.Adam(fused=True)``).
             ``None`` (default): fused wherever every parameter is a floating tensor on a
             device the fused kernel supports (CPU, CUDA, ...), else PyTorch's default Adam.
-            Same update to round-off (measured 1e-16 relative in float64); on the 2-core CPU
-            of ``benchmarks/README.md`` the float64 optimizer step of a 3072 -> 6 x 500
-            network drops from about 12 ms to 2.5-4 ms. ``True`` raises where it is not
-            available; ``False`` uses PyTorch's default Adam. A resumed run uses the choice
-            made now, whichever implementation wrote the checkpoint.
+            Same update to round-off (measured 1e-16 relative in float64), in one kernel.
+            ``True`` raises where it is not available; ``False`` uses PyTorch's default
+            Adam. A resumed run uses the choice made now, whichever implementation wrote
+            the checkpoint.
 
     Extension points: :meth:`layer_signals` (what most rules override),
     :meth:`local_objective`, :meth:`configure_optimizers`.
     """
 
-    #: rules that invert layers set this; they refuse a network without a square output
+    #: rules that invert layers set this; they refuse a network that cannot be inverted
     requires_invertible: bool = False
 
     def __init__(
         self,
-        net: InvertibleMLP,
+        net: InvertibleNetwork,
         *,
         lr: float = 1.9e-5,
         betas: Tuple[float, float] = (0.9, 0.999),
@@ -115,12 +123,15 @@ class LocalLearningRule(pl.LightningModule):
         fused_adam: Optional[bool] = None,
     ) -> None:
         super().__init__()
-        if not isinstance(net, nn.Module):
-            raise ValueError(f"net must be a network module (e.g. InvertibleMLP), got {type(net).__name__}")
-        if self.requires_invertible and not getattr(net, "invertible", False):
+        if not isinstance(net, InvertibleNetwork):
             raise ValueError(
-                f"{type(self).__name__} inverts layers and needs a network with a square output "
-                "layer: build it with InvertibleMLP(..., square_output=True)"
+                f"net must implement lightning_gait.networks.InvertibleNetwork (e.g. InvertibleMLP), "
+                f"got {type(net).__name__}"
+            )
+        if self.requires_invertible and not net.invertible:
+            raise ValueError(
+                f"{type(self).__name__} inverts layers and needs a network whose layers after the first "
+                f"are all square: {type(net).__name__} is not (for InvertibleMLP: square_output=True)"
             )
         if lr <= 0:
             raise ValueError(f"lr must be positive, got {lr}")
@@ -163,7 +174,8 @@ class LocalLearningRule(pl.LightningModule):
     # ------------------------------------------------------------------ the rule
     @property
     def parameter_pairs(self) -> List[Tuple[Tensor, Tensor]]:
-        return [(layer.weight, layer.bias) for layer in self.net.layers]
+        """``(weight, bias)`` per layer, input to output (the network's ``layer_parameters``)."""
+        return self.net.layer_parameters()
 
     def layer_signals(self, trace: ForwardTrace, g: Tensor, y: Tensor) -> List[Tensor]:
         """Per layer (input to output), ``d loss_l / d a_l``: the signal sent to layer ``l``.
@@ -175,9 +187,10 @@ class LocalLearningRule(pl.LightningModule):
 
     def local_objective(self, x: Tensor, y: Tensor) -> LocalObjective:
         """Forward pass, signals, and the objective whose gradient is the update."""
-        trace = self.net.trace(x, local=True)
+        with record_function("lightning_gait.forward"):
+            trace = self.net.trace(x, local=True)
         g, loss = output_gradient(trace.output, y, self.net.num_classes, self.loss_reduction)
-        with torch.no_grad():
+        with torch.no_grad(), record_function("lightning_gait.targets"):
             signals = self.layer_signals(trace, g, y)
         self.check_finite(signals, what="target signal")
         objective = sum((s * a).sum() for s, a in zip(signals, trace.post))
@@ -193,7 +206,8 @@ class LocalLearningRule(pl.LightningModule):
         """
         out = self.local_objective(x, y)
         params = [p for pair in self.parameter_pairs for p in pair]
-        grads = torch.autograd.grad(out.objective, params, allow_unused=True)
+        with record_function("lightning_gait.backward"):
+            grads = torch.autograd.grad(out.objective, params, allow_unused=True)
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
         return [(grads[2 * i], grads[2 * i + 1]) for i in range(len(grads) // 2)]
 
@@ -294,18 +308,21 @@ class LocalLearningRule(pl.LightningModule):
             # DDP averages gradients over ranks; the sum over the global batch is N times that
             objective = objective * self._world_size()
         if self.ortho_weight > 0 and self.net.square_layer_indices:
-            surrogate, penalty = orthogonality_surrogate(self.net)
+            with record_function("lightning_gait.penalty"):
+                surrogate, penalty = orthogonality_surrogate(self.net)
             objective = objective + self.ortho_weight * surrogate
             self.log("train/ortho_penalty", penalty, on_step=True, on_epoch=False)
         opt.zero_grad(set_to_none=True)
-        self.manual_backward(objective)
+        with record_function("lightning_gait.backward"):
+            self.manual_backward(objective)
         try:
             # under DDP the update is averaged over all ranks: one rank's bad batch shows here on every rank
-            self.check_finite([layer.weight.grad for layer in self.net.layers], what="weight update")
+            self.check_finite([weight.grad for weight, _ in self.parameter_pairs], what="weight update")
         except NonFiniteError as err:
             opt.zero_grad(set_to_none=True)
             return self._skip_or_raise(err)
-        opt.step()
+        with record_function("lightning_gait.optimizer"):
+            opt.step()
 
         per_sample = out.loss / len(y) if self.loss_reduction == "sum" else out.loss
         self.train_loss(per_sample)

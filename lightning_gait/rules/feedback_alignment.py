@@ -6,7 +6,7 @@ from typing import List
 import torch
 from torch import Tensor
 
-from ..networks import ForwardTrace, InvertibleMLP
+from ..networks import ForwardTrace, InvertibleNetwork
 from .base import LocalLearningRule
 
 __all__ = ["FeedbackAlignment"]
@@ -16,9 +16,11 @@ class FeedbackAlignment(LocalLearningRule):
     """Feedback alignment (Lillicrap et al., 2016).
 
     Backprop's ``dL/da_{l-1} = (dL/da_l * f'(z_l)) W_l^T`` with ``W_l^T`` replaced by a
-    fixed random matrix ``B_l`` of the same shape, drawn once (orthogonal, like the
-    weights' init, from ``feedback_seed``) and kept as buffers ``feedback_{l}``, so that
-    they are saved in checkpoints and broadcast by DDP. Works with either output layer.
+    fixed random matrix ``B_l`` of the shape of the layer's matrix
+    (:func:`~lightning_gait.networks.matrix_view`; ``nn.Linear.weight`` for dense
+    layers), applied to the same rows, drawn once (orthogonal, like the weights' init,
+    from ``feedback_seed``) and kept as buffers ``feedback_{l}``, so that they are saved
+    in checkpoints and broadcast by DDP. Works with either output layer.
 
     Defaults are the reference code's FA optimizer: Adam lr 2.5e-5, betas (0.9, 0.99),
     eps 1e-4; no orthogonality penalty.
@@ -26,7 +28,7 @@ class FeedbackAlignment(LocalLearningRule):
 
     def __init__(
         self,
-        net: InvertibleMLP,
+        net: InvertibleNetwork,
         *,
         feedback_seed: int = 0,
         lr: float = 2.5e-5,
@@ -38,12 +40,11 @@ class FeedbackAlignment(LocalLearningRule):
         super().__init__(net, lr=lr, betas=betas, adam_eps=adam_eps, ortho_weight=ortho_weight, **kwargs)
         self.feedback_seed = int(feedback_seed)
         generator = torch.Generator().manual_seed(self.feedback_seed)
-        for i, layer in enumerate(net.layers):
-            if i == 0:
-                continue  # nothing is sent below layer 1
-            b = torch.empty_like(layer.weight, device="cpu")
+        for i in range(1, net.num_layers):  # nothing is sent below layer 1
+            matrix = net.view(i).matrix
+            b = torch.empty(matrix.shape, dtype=matrix.dtype)
             torch.nn.init.orthogonal_(b, generator=generator)
-            self.register_buffer(f"feedback_{i}", b.to(layer.weight), persistent=True)
+            self.register_buffer(f"feedback_{i}", b.to(matrix), persistent=True)
 
     def feedback(self, index: int) -> Tensor:
         return getattr(self, f"feedback_{index}")
@@ -54,5 +55,7 @@ class FeedbackAlignment(LocalLearningRule):
         signals[-1] = g
         for i in range(num_layers - 1, 0, -1):
             delta_z = signals[i] * self.net.activation_of(i).derivative(trace.pre[i])
-            signals[i - 1] = delta_z @ self.feedback(i)
+            view = self.net.view(i)
+            delta_input = view.rows_to_input(view.output_rows(delta_z) @ self.feedback(i), delta_z)
+            signals[i - 1] = self.net.expand_to_previous(i, delta_input, trace.post[i - 1], difference=True)
         return signals

@@ -5,9 +5,10 @@ from typing import List, Optional, Union
 
 import torch
 from torch import Tensor
+from torch.profiler import record_function
 
 from ..inverses import InverseStrategy, build_inverse_strategy
-from ..networks import ForwardTrace, InvertibleMLP, LayerInverse
+from ..networks import ForwardTrace, InvertibleNetwork, LayerInverse
 from ..targets import (
     TARGET_MODES,
     TargetTrace,
@@ -29,7 +30,8 @@ class GAITProp(LocalLearningRule):
     (leaky ReLU, normalized), GAIT-S (SL-ReLU, fixed) and GAIT-SN (SL-ReLU, normalized).
 
     Args:
-        net: an :class:`~lightning_gait.InvertibleMLP` with a square output layer.
+        net: an invertible :class:`~lightning_gait.networks.InvertibleNetwork` (for
+            :class:`~lightning_gait.InvertibleMLP`: ``square_output=True``).
         gamma: the fixed gamma (used when ``normalize=False``); the paper's 1e-3.
         normalize: per-sample ``gamma_l = eta * sqrt(n_l) / ||t_l - a_l||`` (eq. 5).
         eta: the normalized targets' scale; the paper's 1e-7.
@@ -38,8 +40,8 @@ class GAITProp(LocalLearningRule):
             (propagates ``t_l - a_l`` itself; same in exact arithmetic, works in float32).
         ortho_weight: the orthogonality penalty's weight; the paper's 100.
         inverse: how each step's layer inverses are obtained (:mod:`lightning_gait.inverses`):
-            ``"lu"`` (the default: an exact LU factorisation of every square weight each
-            step), ``"cached"`` (an explicit inverse kept across steps, corrected by a
+            ``"lu"`` (the default: each layer's exact inverse, an LU factorisation of its
+            matrix, every step), ``"cached"`` (an explicit inverse kept across steps, corrected by a
             Newton-Schulz step each step and one refinement step per solve, within 1e-6
             of the exact updates, see ``benchmarks/README.md``; needs
             ``target_mode="difference"``, since the paper's form subtracts targets that
@@ -57,7 +59,7 @@ class GAITProp(LocalLearningRule):
 
     def __init__(
         self,
-        net: InvertibleMLP,
+        net: InvertibleNetwork,
         *,
         gamma: float = 1e-3,
         normalize: bool = False,
@@ -95,10 +97,10 @@ class GAITProp(LocalLearningRule):
         return fixed_gamma(difference, self.gamma)
 
     def layer_inverses(self) -> List[Optional[LayerInverse]]:
-        """Inverses of the square layers for this step (``None`` for layer 1).
+        """Inverses of the inverted layers for this step (``None`` for layer 1).
 
-        Each has ``solve(r)`` returning ``X`` with ``X @ weight.T == r``; they come from
-        ``self.inverse_strategy`` (the ``inverse`` argument).
+        Each has ``solve`` (the linear part's inverse) and ``solve_affine`` (the affine
+        map's); they come from ``self.inverse_strategy`` (the ``inverse`` argument).
         """
         return self.inverse_strategy.layer_inverses(self.net)
 
@@ -114,22 +116,27 @@ class GAITProp(LocalLearningRule):
         """One step down: from layer ``index``'s target to layer ``index - 1``'s.
 
         Returns ``(difference, target)`` of layer ``index - 1``; ``target`` is ``None`` in
-        the difference form.
+        the difference form. Entries of layer ``index - 1`` that layer ``index`` does not
+        read (auxiliary units) keep their own value as target.
         """
-        activation = self.net.activation_of(index)
+        net = self.net
+        activation = net.activation_of(index)
         z = trace.pre[index]
+        below = trace.post[index - 1]
         if self.target_mode == "absolute":
-            bias = self.net.layers[index].bias
-            new_target = gait_nudge_absolute(activation, inverse, bias, trace.post[index], z, target, gamma)
-            return new_target - trace.post[index - 1], new_target
-        return gait_nudge_difference(activation, inverse, z, difference, gamma), None
+            input_target = gait_nudge_absolute(activation, inverse, trace.post[index], z, target, gamma)
+            new_target = net.expand_to_previous(index, input_target, below, difference=False)
+            return new_target - below, new_target
+        input_difference = gait_nudge_difference(activation, inverse, z, difference, gamma)
+        return net.expand_to_previous(index, input_difference, below, difference=True), None
 
     # ------------------------------------------------------------------ the pass
     def target_trace(self, trace: ForwardTrace, g: Tensor) -> TargetTrace:
         """Targets of every layer from the output gradient ``g`` (output to input)."""
         num_layers = self.net.num_layers
         absolute = self.target_mode == "absolute"
-        inverses = self.layer_inverses()
+        with record_function("lightning_gait.inverses"):
+            inverses = self.layer_inverses()
         differences: List[Optional[Tensor]] = [None] * num_layers
         targets: List[Optional[Tensor]] = [None] * num_layers
         multipliers: List[Optional[Tensor]] = [None] * num_layers

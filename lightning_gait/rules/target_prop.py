@@ -6,7 +6,7 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
-from ..networks import ForwardTrace, InvertibleMLP
+from ..networks import ForwardTrace, InvertibleNetwork
 from ..targets import TargetTrace
 from .base import LocalLearningRule
 
@@ -21,7 +21,7 @@ class TargetProp(LocalLearningRule):
     not equal backprop's even with orthogonal weights.
 
     Args:
-        net: an :class:`~lightning_gait.InvertibleMLP` with a square output layer.
+        net: an invertible :class:`~lightning_gait.networks.InvertibleNetwork`.
         output_step: step size of the output target (0.5 as GAIT-prop's ``t_L``).
         ortho_weight: orthogonality penalty weight (default 100, as for GAIT-prop).
         **kwargs: see :class:`LocalLearningRule`.
@@ -29,7 +29,7 @@ class TargetProp(LocalLearningRule):
 
     requires_invertible = True
 
-    def __init__(self, net: InvertibleMLP, *, output_step: float = 0.5, ortho_weight: float = 100.0, **kwargs) -> None:
+    def __init__(self, net: InvertibleNetwork, *, output_step: float = 0.5, ortho_weight: float = 100.0, **kwargs) -> None:
         if not output_step > 0:
             raise ValueError(f"output_step must be positive, got {output_step}")
         super().__init__(net, ortho_weight=ortho_weight, **kwargs)
@@ -40,7 +40,8 @@ class TargetProp(LocalLearningRule):
         targets: List[Optional[Tensor]] = [None] * num_layers
         targets[-1] = trace.output - self.output_step * g
         for i in range(num_layers - 1, 0, -1):
-            targets[i - 1] = self.net.invert_layer(i, targets[i])
+            below = self.net.invert_layer(i, targets[i])
+            targets[i - 1] = self.net.expand_to_previous(i, below, trace.post[i - 1], difference=False)
         self.check_finite(targets, what="target")
         differences = [t - a for t, a in zip(targets, trace.post)]
         ones = torch.ones(g.shape[0], dtype=g.dtype, device=g.device)

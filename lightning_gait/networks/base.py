@@ -1,0 +1,175 @@
+"""The network contract: what learning rules, inverses, the penalty and diagnostics need.
+
+A network is a chain of ``L`` layers, ``l = 0 .. L-1`` (layer ``l + 1`` in the paper's
+1-based notation). Layer ``l`` reads its input ``x_l = select_input(l, a_{l-1})`` from
+the previous layer's output (``a_{-1}`` is the network's prepared input), applies its
+affine map ``z_l = F_l(x_l)`` (a module in ``layers`` with a ``weight`` and a ``bias``)
+and an invertible elementwise activation, ``a_l = f_l(z_l)``. Activations may have any
+shape with the batch first: ``(N, n)`` for dense layers, ``(N, C, H, W)`` for
+convolutions. The class logits are the first ``num_classes`` entries of the flattened
+output ``a_{L-1}``.
+
+A subclass of :class:`InvertibleNetwork` provides:
+
+* ``layers`` (an ``nn.ModuleList``, input to output; its parameter names are the
+  checkpoint names), ``num_classes``, :meth:`activation_of`, :meth:`reset_parameters`;
+* optionally :meth:`prepare_input` (shape checks, flattening) and, for a layer that
+  reads only part of the previous output, :meth:`select_input` with its adjoint
+  :meth:`expand_to_previous` (the unread entries are auxiliary units: their target is
+  their own value, their error zero).
+
+Everything else comes from the base class and the layer registry of
+:mod:`lightning_gait.networks.layers`, which gives each layer type its exact inverse and
+its matrix view (for the orthogonality penalty, feedback alignment and diagnostics): a
+new layer type registers there and needs no change in the rules.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ..activations import InvertibleActivation
+from .layers import MatrixView, layer_inverse, matrix_view
+
+__all__ = ["ForwardTrace", "InvertibleNetwork"]
+
+
+@dataclass
+class ForwardTrace:
+    """Everything a learning rule keeps from one forward pass.
+
+    ``inputs[l]`` is what layer ``l`` (0-based) read, ``pre[l]`` its pre-activation ``z``
+    and ``post[l]`` its output ``a``. With ``local=True`` each layer's input is detached,
+    so that autograd through ``post[l]`` reaches only layer ``l``'s own weight and bias.
+    """
+
+    inputs: List[Tensor]
+    pre: List[Tensor]
+    post: List[Tensor]
+
+    @property
+    def output(self) -> Tensor:
+        return self.post[-1]
+
+
+class InvertibleNetwork(nn.Module, ABC):
+    """Base class of every network a :class:`~lightning_gait.rules.LocalLearningRule` trains.
+
+    Subclasses set ``self.layers`` (an ``nn.ModuleList``) and ``self.num_classes`` and
+    implement :meth:`activation_of` and :meth:`reset_parameters`. See the module
+    docstring for the contract.
+    """
+
+    layers: nn.ModuleList
+    num_classes: int
+
+    # ------------------------------------------------------------------ to implement
+    @abstractmethod
+    def activation_of(self, index: int) -> InvertibleActivation:
+        """The elementwise activation after layer ``index`` (identity at a linear output)."""
+
+    @abstractmethod
+    def reset_parameters(self) -> None:
+        """Re-initialise every layer (orthogonal weights for the inverted layers)."""
+
+    def prepare_input(self, x: Tensor) -> Tensor:
+        """The network's input from a batch as the DataModule gives it (checks its shape)."""
+        return x
+
+    def select_input(self, index: int, previous: Tensor) -> Tensor:
+        """What layer ``index`` reads from the previous layer's output ``a_{index-1}``."""
+        return previous
+
+    def expand_to_previous(self, index: int, value: Tensor, previous: Tensor, *, difference: bool) -> Tensor:
+        """Map a target of layer ``index``'s input back onto the whole previous output.
+
+        ``value`` is a target (``difference=False``) or a target difference ``t - a``
+        (``difference=True``) for ``select_input(index, previous)``; entries of
+        ``previous`` that layer ``index`` does not read get their own value as target
+        (difference zero). The default, for layers that read everything, returns ``value``.
+        """
+        return value
+
+    # ------------------------------------------------------------------ provided
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def layer_parameters(self) -> List[Tuple[Tensor, Optional[Tensor]]]:
+        """``(weight, bias)`` of every layer, input to output: what each local loss updates."""
+        return [(layer.weight, layer.bias) for layer in self.layers]
+
+    def view(self, index: int) -> MatrixView:
+        """Layer ``index``'s affine map as a matrix on rows (:func:`~lightning_gait.networks.layers.matrix_view`)."""
+        return matrix_view(self.layers[index])
+
+    def is_square(self, index: int) -> bool:
+        return self.view(index).is_square
+
+    @property
+    def square_layer_indices(self) -> List[int]:
+        """Layers after the first whose matrix is square: the orthogonality penalty's terms."""
+        return [i for i in range(1, self.num_layers) if self.is_square(i)]
+
+    @property
+    def invertible(self) -> bool:
+        """True when every layer after the first can be inverted (GAIT-prop and TP need it)."""
+        return self.num_layers > 1 and self.square_layer_indices == list(range(1, self.num_layers))
+
+    @property
+    def inverted_layer_indices(self) -> List[int]:
+        """Layers whose inverse target propagation uses: all but the first."""
+        return list(range(1, self.num_layers)) if self.invertible else []
+
+    def orthogonality_terms(self) -> List[Tuple[int, Tensor]]:
+        """``(index, A)`` per square layer: ``A`` (a view of the weight parameter, so that
+        gradients reach it) should stay orthogonal, ``A A^T = I``."""
+        return [(i, self.view(i).matrix) for i in self.square_layer_indices]
+
+    def layer_inverse(self, index: int):
+        """An exact inverse of layer ``index``'s affine map from its current weights.
+
+        Dispatched on the layer's type (:func:`~lightning_gait.networks.layers.layer_inverse`);
+        ``solve(r)`` inverts the linear part, ``solve_affine(z)`` the whole map.
+        """
+        if not self.is_square(index):
+            raise ValueError(f"layer {index + 1} is not square and has no inverse")
+        return layer_inverse(self.layers[index])
+
+    def invert_layer(self, index: int, a: Tensor) -> Tensor:
+        """``G_l(a) = F_l^-1(f_l^-1(a))``: the input that makes layer ``index`` output ``a``."""
+        z = self.activation_of(index).inverse(a)
+        return self.layer_inverse(index).solve_affine(z)
+
+    def trace(self, x: Tensor, *, local: bool = False) -> ForwardTrace:
+        """Forward pass keeping every layer's input, pre-activation and output."""
+        a = self.prepare_input(x)
+        inputs, pre, post = [], [], []
+        for i, layer in enumerate(self.layers):
+            inp = a if i == 0 else self.select_input(i, a)
+            if local:
+                inp = inp.detach()
+            z = layer(inp)
+            a = self.activation_of(i)(z)
+            inputs.append(inp)
+            pre.append(z)
+            post.append(a)
+        return ForwardTrace(inputs, pre, post)
+
+    def logits(self, output: Tensor) -> Tensor:
+        """The class logits: the first ``num_classes`` entries of the flattened output."""
+        return output.flatten(1)[:, : self.num_classes]
+
+    def forward(self, x: Tensor) -> Tensor:
+        a = self.prepare_input(x)
+        for i, layer in enumerate(self.layers):
+            a = self.activation_of(i)(layer(a if i == 0 else self.select_input(i, a)))
+        return self.logits(a)
+
+    def output_loss(self, output: Tensor, y: Tensor, reduction: str = "sum") -> Tensor:
+        """Cross-entropy of the logits (the loss every rule minimises)."""
+        return F.cross_entropy(self.logits(output), y, reduction=reduction)

@@ -1,0 +1,178 @@
+"""Invertible layers: each layer type's matrix view and exact inverse, chosen by its type.
+
+Every layer the library inverts applies one matrix to "rows": a dense layer to each
+sample, a 1x1 convolution to each pixel. :func:`matrix_view` returns that matrix (in
+``nn.Linear`` layout, ``A`` of shape ``(n_out, n_in)``, rows map as ``x -> x A^T + b``)
+together with the reshapes between the layer's tensors and rows. From it come:
+
+* the exact inverse (:class:`LayerInverse`, an LU factorisation of the matrix applied to
+  all rows in one solve), returned by :func:`layer_inverse`;
+* the orthogonality penalty on the matrix (:func:`orthogonality_surrogate`);
+* feedback alignment's random feedback (a matrix of the same shape, applied to rows);
+* the orthogonality diagnostics.
+
+A new layer type registers its view (``@matrix_view.register``) and, if its inverse is not
+a matrix solve, its own inverse (``@layer_inverse.register``): the rules need no change.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import singledispatch
+from typing import Callable, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "MatrixView",
+    "matrix_view",
+    "LayerInverse",
+    "layer_inverse",
+    "orthogonality_penalty",
+    "orthogonality_surrogate",
+]
+
+
+def _same(t: Tensor) -> Tensor:
+    return t
+
+
+@dataclass
+class MatrixView:
+    """A layer's affine map as one matrix applied to rows.
+
+    ``matrix`` is ``A`` (``(n_out, n_in)``, a view of the weight parameter), ``bias`` has
+    ``n_out`` entries (or is ``None``). ``input_rows(x)`` turns the layer's input into
+    ``(M, n_in)`` rows and ``output_rows(z)`` its output into ``(M, n_out)`` rows;
+    ``rows_to_input(r, like)`` and ``rows_to_output(r, like)`` undo them (``like`` gives
+    the target shape). The layer computes ``rows_to_output(input_rows(x) A^T + b)``.
+    """
+
+    matrix: Tensor
+    bias: Optional[Tensor]
+    input_rows: Callable[[Tensor], Tensor] = _same
+    output_rows: Callable[[Tensor], Tensor] = _same
+    rows_to_input: Callable[[Tensor, Tensor], Tensor] = lambda r, like: r
+    rows_to_output: Callable[[Tensor, Tensor], Tensor] = lambda r, like: r
+
+    @property
+    def is_square(self) -> bool:
+        return self.matrix.shape[0] == self.matrix.shape[1]
+
+    @property
+    def shape(self) -> Tuple[int, int]:
+        return tuple(self.matrix.shape)
+
+
+@singledispatch
+def matrix_view(layer: nn.Module) -> MatrixView:
+    """The :class:`MatrixView` of ``layer``; register one for each new layer type."""
+    raise TypeError(
+        f"no matrix view is registered for layer type {type(layer).__name__}; register one with "
+        "@lightning_gait.networks.layers.matrix_view.register"
+    )
+
+
+@matrix_view.register
+def _(layer: nn.Linear) -> MatrixView:
+    return MatrixView(layer.weight, layer.bias)
+
+
+class LayerInverse:
+    """Applies the inverse of a square layer's matrix through an LU factorisation.
+
+    With ``A`` the layer's matrix (``nn.Linear.weight``), rows map as ``z = x A^T + b``, so
+    ``solve(r)`` returns ``X`` with ``X A^T = r`` and ``solve_affine(z)`` returns the input
+    whose output is ``z``. ``lu, pivots`` factorise ``A^T`` itself
+    (``torch.linalg.lu_factor``): the transposed view is already in LAPACK's column-major
+    layout, so nothing is copied and the solve is a plain right-hand triangular solve,
+    one batched call for all rows.
+    """
+
+    def __init__(self, lu: Tensor, pivots: Tensor, view: Optional[MatrixView] = None) -> None:
+        self.lu = lu
+        self.pivots = pivots
+        self.view = view
+
+    @classmethod
+    @torch.no_grad()
+    def from_view(cls, view: MatrixView) -> "LayerInverse":
+        if not view.is_square:
+            raise ValueError(f"a matrix of shape {view.shape} is not square and has no inverse")
+        lu, pivots = torch.linalg.lu_factor(view.matrix.detach().T)
+        return cls(lu, pivots, view)
+
+    @classmethod
+    def from_linear(cls, layer: nn.Linear) -> "LayerInverse":
+        return cls.from_view(matrix_view(layer))
+
+    def solve_rows(self, r: Tensor) -> Tensor:
+        """``X`` with ``X A^T = r`` for rows ``r`` of shape ``(M, n)``."""
+        return torch.linalg.lu_solve(self.lu, self.pivots, r, left=False)
+
+    def solve(self, r: Tensor) -> Tensor:
+        """The input ``x`` whose linear part ``F(x) - b`` equals ``r`` (any layer shape)."""
+        view = self.view
+        if view is None:
+            return self.solve_rows(r)
+        return view.rows_to_input(self.solve_rows(view.output_rows(r)), r)
+
+    def solve_affine(self, z: Tensor) -> Tensor:
+        """The input ``x`` with ``F(x) = z``: ``solve(z - b)``."""
+        bias = self.view.bias if self.view is not None else None
+        if bias is None:
+            return self.solve(z)
+        return self.solve(z - _bias_like(bias, z))
+
+
+def _bias_like(bias: Tensor, z: Tensor) -> Tensor:
+    """The bias broadcast over ``z``: along dim 1 (units or channels)."""
+    return bias if z.dim() == 2 else bias.view(1, -1, *([1] * (z.dim() - 2)))
+
+
+@singledispatch
+def layer_inverse(layer: nn.Module):
+    """An exact inverse of ``layer`` from its current weights (``solve``, ``solve_affine``).
+
+    The default factorises the layer's :func:`matrix_view`; a layer type whose inverse is
+    not a matrix solve registers its own (``@layer_inverse.register``).
+    """
+    return LayerInverse.from_view(matrix_view(layer))
+
+
+def orthogonality_penalty(net) -> Tensor:
+    """``sum over square layers of ||A A^T - I||_F^2`` (differentiable, for reference)."""
+    total = None
+    for _, w in net.orthogonality_terms():
+        eye = torch.eye(w.shape[0], dtype=w.dtype, device=w.device)
+        term = ((w @ w.T - eye) ** 2).sum()
+        total = term if total is None else total + term
+    if total is None:
+        p = next(net.parameters())
+        return torch.zeros((), dtype=p.dtype, device=p.device)
+    return total
+
+
+def orthogonality_surrogate(net) -> Tuple[Tensor, Tensor]:
+    """A cheap stand-in for :func:`orthogonality_penalty` with the same gradient.
+
+    The gradient of ``||A A^T - I||_F^2`` is ``4 (A A^T - I) A``; the surrogate
+    ``sum(A * (4 (A A^T - I) A).detach())`` has exactly that gradient at a cost of two
+    matrix products per layer, against three through autograd. Returns
+    ``(surrogate, penalty_value)``; only the surrogate carries a graph.
+    """
+    surrogate, value = None, None
+    for _, w in net.orthogonality_terms():
+        with torch.no_grad():
+            p = w @ w.T
+            p.diagonal().sub_(1.0)
+            grad = 4.0 * (p @ w)
+            v = (p * p).sum()
+        s = (w * grad).sum()
+        surrogate = s if surrogate is None else surrogate + s
+        value = v if value is None else value + v
+    if surrogate is None:
+        p = next(net.parameters())
+        zero = torch.zeros((), dtype=p.dtype, device=p.device)
+        return zero, zero
+    return surrogate, value

@@ -1,6 +1,7 @@
-"""Shared fixtures: a tiny CIFAR-10 written in the real on-disk format."""
+"""Shared fixtures: a tiny CIFAR-10, MNIST and Fashion-MNIST written in the real on-disk formats."""
 from __future__ import annotations
 
+import gzip
 import os
 import pickle
 from pathlib import Path
@@ -46,6 +47,45 @@ def write_tiny_cifar(root: Path, *, per_batch: int = 64, test_size: int = 64, se
                      "label_names": ["airplane", "automobile", "bird", "cat", "deer",
                                      "dog", "frog", "horse", "ship", "truck"]}, f)
     return root
+
+
+def write_idx(path: Path, array: np.ndarray, *, compress: bool = False) -> Path:
+    """Write a uint8 array as an idx file: big-endian magic ``0x08 * 256 + ndim``, sizes, bytes."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = np.array([0x0800 + array.ndim, *array.shape], dtype=">u4").tobytes()
+    opener = gzip.open if compress else open
+    with opener(path, "wb") as f:
+        f.write(header + array.tobytes())
+    return path
+
+
+def write_tiny_mnist(root: Path, folder: str = "MNIST", *, train_size: int = 96, test_size: int = 32,
+                     seed: int = 0, compress: bool = False) -> Path:
+    """Write ``root/<folder>/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte`` in the idx format.
+
+    ``folder`` is ``"MNIST"`` or ``"FashionMNIST"`` (torchvision's layout); ``compress``
+    writes the ``.gz`` files instead. Labels are learnable and balanced: each class has its
+    own random 28 x 28 pattern, plus noise. Returns ``root``.
+    """
+    rng = np.random.default_rng(seed)
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    patterns = np.where(rng.random((10, 28, 28)) < 0.3, 200.0, 20.0)
+    suffix = ".gz" if compress else ""
+    for split, n in (("train", train_size), ("t10k", test_size)):
+        labels = rng.permutation(np.arange(n) % 10)
+        images = np.clip(patterns[labels] + rng.normal(0, 30, size=(n, 28, 28)), 0, 255).astype(np.uint8)
+        write_idx(raw / f"{split}-images-idx3-ubyte{suffix}", images, compress=compress)
+        write_idx(raw / f"{split}-labels-idx1-ubyte{suffix}", labels, compress=compress)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_mnist_root(tmp_path_factory) -> Path:
+    """Generated MNIST and Fashion-MNIST (96 train, 32 test images each) in torchvision's layout."""
+    root = tmp_path_factory.mktemp("tiny_mnist")
+    write_tiny_mnist(root, "MNIST", seed=0)
+    return write_tiny_mnist(root, "FashionMNIST", seed=1)
 
 
 @pytest.fixture(scope="session")

@@ -111,31 +111,38 @@ def sync(outputs: Path = OUTPUTS_DIR, results: Path = RESULTS_DIR) -> List[Path]
 
 
 def read_epochs(path: Path) -> List[Dict[str, float]]:
-    """One row per finished epoch of a run's metrics CSV: ``epoch`` (1-based), ``test_acc``
-    (the validation set is the test set), ``train_acc``, and the last ``bp_corr/layer_k``
-    logged during that epoch. Rows logged twice (before an interruption and again after
-    the resume) count once: the later one wins."""
+    """One row per finished epoch of a run's metrics CSV: ``epoch`` (1-based), ``step``,
+    ``test_acc`` (the validation set is the test set), ``train_acc``, and the last
+    ``bp_corr/layer_k`` logged at or before the epoch's last step (the diagnostics
+    callbacks log by step, without an epoch). Rows logged twice (before an interruption
+    and again after the resume) count once: the later one wins."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     by_epoch: Dict[int, Dict[str, float]] = {}
-    corr_by_epoch: Dict[int, Dict[str, float]] = {}
+    correlations: Dict[int, Dict[str, float]] = {}  # step -> bp_corr values
     for row in rows:
+        step = int(float(row["step"])) if row.get("step") else None
+        corr = {k: float(v) for k, v in row.items() if k.startswith("bp_corr/") and v not in ("", None)}
+        if corr and step is not None:
+            correlations.setdefault(step, {}).update(corr)
         if not row.get("epoch"):
             continue
         epoch = int(float(row["epoch"]))
-        for key, value in row.items():
-            if key.startswith("bp_corr/") and value not in ("", None):
-                corr_by_epoch.setdefault(epoch, {})[key] = float(value)
+        entry = by_epoch.setdefault(epoch, {})
         if row.get("val/acc"):
-            by_epoch.setdefault(epoch, {})["test_acc"] = float(row["val/acc"])
+            entry["test_acc"] = float(row["val/acc"])
+            if step is not None:
+                entry["step"] = step
         if row.get("train/acc_epoch"):
-            by_epoch.setdefault(epoch, {})["train_acc"] = float(row["train/acc_epoch"])
+            entry["train_acc"] = float(row["train/acc_epoch"])
     out = []
     for epoch in sorted(by_epoch):
-        if "test_acc" not in by_epoch[epoch]:
+        entry = by_epoch[epoch]
+        if "test_acc" not in entry:
             continue
-        entry = {"epoch": epoch + 1, **by_epoch[epoch], **corr_by_epoch.get(epoch, {})}
-        out.append(entry)
+        steps = [s for s in correlations if "step" in entry and s <= entry["step"]]
+        corr = correlations[max(steps)] if steps else {}
+        out.append({"epoch": epoch + 1, **entry, **corr})
     return out
 
 

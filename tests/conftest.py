@@ -100,3 +100,9 @@ def shared_data_root() -> Path:
     if not (SHARED_DATA / "cifar-10-batches-py" / "data_batch_1").is_file():
         pytest.skip(f"real CIFAR-10 not found under {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    """The repository root (where ``conf/`` lies)."""
+    return REPO_ROOT

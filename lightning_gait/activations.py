@@ -80,15 +80,15 @@ class Identity(InvertibleActivation):
 class LeakyReLU(InvertibleActivation):
     """Leaky ReLU: ``f(x) = x`` for ``x >= 0``, ``alpha * x`` otherwise.
 
-    Everything here is arithmetic, no boolean masks: on CPU ``torch.where`` over float64
-    batches costs about 50 times a multiply (``benchmarks/README.md``), and these four
-    functions run at every layer of every step. The value is
+    Everything here is arithmetic, no boolean masks: on CPU ``torch.where`` over large
+    batches is far slower than elementwise arithmetic (``benchmarks/README.md``), and
+    these four functions run at every layer of every step. The value is
     :func:`torch.nn.functional.leaky_relu` (whose backward autograd uses), the inverse
     is a leaky ReLU with slope ``1 / alpha``, and slopes are blended from
     ``step(z) = clamp(sign(z), min=0)`` (exactly 1 above zero, 0 at and below it) as
     ``step + (1 - step) * c``, which gives exactly 1 and exactly ``c`` in any dtype.
-    At ``z = 0`` exactly the slope is ``alpha``, as in PyTorch's leaky ReLU backward
-    (until November 2026 ``derivative`` returned 1 there). ``torch.sign``
+    At ``z = 0`` exactly the slope is ``alpha``, as in PyTorch's leaky ReLU backward.
+    ``torch.sign``
     maps NaN to 0, so :meth:`derivative` adds ``0 * z`` to keep NaN (and infinities)
     non-finite; :meth:`inverse_difference` carries them through ``f(z)`` and ``h``.
     """

@@ -82,7 +82,7 @@ def main(argv=None):
                 torch.randint(0, 10, (50 * args.batch,), generator=g))
     X, Y = data
     perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(args.seed))
-    net = InvertibleMLP(3072, args.width, args.depth, activation=args.activation).to(dtype)
+    net = InvertibleMLP(3072, args.width, args.depth, 10, activation=args.activation).to(dtype)
     common = dict(normalize=True, target_mode="difference", ortho_weight=100.0, lr=args.lr)
     rules = {name: GAITProp(net, inverse=CachedInverse(**STRATEGIES[name]), **common) for name in args.strategies}
     exact = GAITProp(net, **common)

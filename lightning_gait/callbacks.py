@@ -386,7 +386,7 @@ def _bench_fit(rule_name: str, callbacks: Sequence[Callback], *, steps: int, wid
     n = steps * batch_size
     loader = DataLoader(TensorDataset(torch.rand(n, 3072), torch.randint(0, 10, (n,))), batch_size=batch_size)
     kwargs = {"normalize": True} if rule_name == "gait" else {}
-    rule = RULES[rule_name](InvertibleMLP(3072, width, 6), **kwargs)
+    rule = RULES[rule_name](InvertibleMLP(3072, width, 6, 10), **kwargs)
     trainer = pl.Trainer(
         max_steps=steps, precision=precision, accelerator="auto", devices=1, logger=CSVLogger(log_dir),
         callbacks=list(callbacks), enable_checkpointing=False, enable_progress_bar=False,

@@ -55,10 +55,12 @@ class InvertibleMLP(nn.Module):
     ``depth + 1`` ``nn.Linear`` layers, input to output.
 
     Args:
-        in_features: size of the flattened input (``3 * 32 * 32`` for CIFAR-10).
+        in_features: size of the flattened input (``3 * 32 * 32`` for CIFAR-10). Required;
+            None (the default) means "take it from the data", which ``lightning_gait.fit``
+            does.
         width: units per hidden layer (``n``; the paper's 500).
         depth: number of hidden layers (the paper's 6).
-        num_classes: number of logits.
+        num_classes: number of logits. Required; None as for ``in_features``.
         activation: hidden activation, ``"leaky_relu"``, ``"smooth_leaky_relu"`` or
             ``"identity"``. The output layer is always linear.
         square_output: square output layer with auxiliary units (needed by every rule
@@ -68,16 +70,19 @@ class InvertibleMLP(nn.Module):
 
     def __init__(
         self,
-        in_features: int = 3072,
+        in_features: Optional[int] = None,
         width: int = 500,
         depth: int = 6,
-        num_classes: int = 10,
+        num_classes: Optional[int] = None,
         activation: str = "leaky_relu",
         square_output: bool = True,
         *,
         alpha: float = 0.1,
     ) -> None:
         super().__init__()
+        for name, value in (("in_features", in_features), ("num_classes", num_classes)):
+            if value is None:
+                raise ValueError(f"{name} is None: give it, or let the CLI take it from the data")
         for name, value in (("in_features", in_features), ("width", width), ("num_classes", num_classes)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -40,7 +40,7 @@ def loader(seed: int = 0) -> DataLoader:
 
 def make_rule(kind: str = "gait_norm", seed: int = 0):
     torch.manual_seed(seed)
-    net = InvertibleMLP(IN, WIDTH, DEPTH)
+    net = InvertibleMLP(IN, WIDTH, DEPTH, 10)
     if kind == "gait_norm":
         return GAITProp(net, normalize=True, lr=1e-3)
     if kind == "backprop":
@@ -147,7 +147,7 @@ class ZeroFirstLayer(Backprop):
 
 def test_nan_is_logged_as_nan_with_a_warning(tmp_path):
     torch.manual_seed(0)
-    rule = ZeroFirstLayer(InvertibleMLP(IN, WIDTH, DEPTH), lr=1e-3)
+    rule = ZeroFirstLayer(InvertibleMLP(IN, WIDTH, DEPTH, 10), lr=1e-3)
     bp = BPCorrelation(every_n_steps=6)
     with pytest.warns(RuntimeWarning, match=r"NaN at step 0 \(BPCorrelation\): .*bp_corr/layer_1"):
         trainer = fit(rule, [bp], tmp_path, epochs=1)

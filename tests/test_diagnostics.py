@@ -36,7 +36,7 @@ def make_batch(dtype=torch.float64, seed=0):
 
 def make_net(dtype=torch.float64, seed=1):
     torch.manual_seed(seed)
-    return InvertibleMLP(IN, WIDTH, DEPTH).to(dtype)
+    return InvertibleMLP(IN, WIDTH, DEPTH, 10).to(dtype)
 
 
 # ---------------------------------------------------------------- metric math

@@ -26,7 +26,7 @@ def csv_run(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     x, y = torch.rand(256, 48), torch.randint(0, 10, (256,))
     data = DataLoader(TensorDataset(x, y), batch_size=64)
-    rule = GAITProp(InvertibleMLP(48, 32, 4), normalize=True, lr=1e-3)
+    rule = GAITProp(InvertibleMLP(48, 32, 4, 10), normalize=True, lr=1e-3)
     trainer = pl.Trainer(
         max_epochs=2, precision="64-true", accelerator="cpu", logger=CSVLogger(str(root)), log_every_n_steps=1,
         callbacks=[BPCorrelation(every_n_steps=1, at_init=True, init_networks=3), TargetNorms(every_n_steps=1),

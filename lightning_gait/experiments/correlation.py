@@ -146,7 +146,7 @@ def make_network(seed: int, *, activation: str = "leaky_relu", width: int = 500,
     """A float64 orthogonal network drawn under ``torch.manual_seed(seed)`` (RNG state restored)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = InvertibleMLP(in_features=in_features, width=width, depth=depth, activation=activation,
+        net = InvertibleMLP(in_features=in_features, width=width, depth=depth, num_classes=10, activation=activation,
                             square_output=True)
     return net.to(torch.float64)
 

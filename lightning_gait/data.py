@@ -187,6 +187,11 @@ class CIFAR10DataModule(pl.LightningDataModule):
         pin_memory: pin host memory (useful with a GPU).
     """
 
+    #: one image, ``(C, H, W)``; ``input_size`` is its flattened length (the network's input)
+    input_shape = (3, 32, 32)
+    input_size = 3 * 32 * 32
+    num_classes = 10
+
     def __init__(
         self,
         data_dir: str = "./data",

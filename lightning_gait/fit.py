@@ -1,10 +1,16 @@
-"""``python -m lightning_gait.fit --config conf/NAME.yaml``: train any rule on CIFAR-10.
+"""``python -m lightning_gait.fit --config NAME``: train any rule on CIFAR-10 (or other data).
 
 Built on Lightning's ``LightningCLI``: the model is chosen by ``class_path`` (any
 :class:`~lightning_gait.rules.LocalLearningRule`, with the network nested in its
-arguments), every option can be overridden with a dotted flag
-(``--trainer.max_epochs 2``, ``--data.data_dir ../shared/data``), ``--print_config``
-prints the resolved configuration, and ``seed_everything`` seeds the run.
+arguments), so is the data (any ``LightningDataModule``, CIFAR-10 by default), every
+option can be overridden with a dotted flag (``--trainer.max_epochs 2``,
+``--data.data_dir ../shared/data``), ``--print_config`` prints the resolved configuration,
+and ``seed_everything`` seeds the run.
+
+``--config`` takes a path or a name in ``conf/`` (``gait_norm`` is ``conf/gait_norm.yaml``).
+A regime config names its shared settings with ``base: base.yaml`` and gives only what
+differs; the network's input size and number of classes come from the data class
+(:mod:`lightning_gait.configs`).
 
 After training it tests the best checkpoint (``--test_after_fit false`` to skip) and
 prints a summary. ``--ckpt_path PATH`` resumes a run exactly (weights, optimizer state,
@@ -16,35 +22,36 @@ login prompt, and the ``wandb sync`` command is printed at the end.
 """
 from __future__ import annotations
 
+import json
 import netrc
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
-from jsonargparse import ArgumentError
+from .configs import CONF_DIR, DEFAULT_DATA, NET_KEY, SIZE_KEYS, ConfigError, SizeError, expand_config_args
+from .configs import import_class, regime_names, sizes_from_data
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+__all__ = ["CONF_DIR", "main"]
+
+
+def _summary_line(path: Path) -> str:
+    """The config's first comment line, up to its first parenthesis."""
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").split(" (")[0].strip()
+    return ""
 
 
 def _config_listing() -> str:
-    folder = CONF_DIR if CONF_DIR.is_dir() else Path("conf")
-    lines = ["Configs (one per training regime; the first comment line says what it reproduces):"]
-    for path in sorted(folder.glob("*.yaml")):
-        first = ""
-        for line in path.read_text().splitlines():
-            if line.startswith("#"):
-                first = line.lstrip("# ").strip()
-                break
-        lines.append(f"  conf/{path.name}: {first}")
-    trainer_confs = sorted((folder / "trainer").glob("*.yaml"))
-    if trainer_confs:
-        lines.append("")
-        lines.append("Trainer settings, to add as a second --config (multi-GPU, CPU DDP, SLURM):")
-        for path in trainer_confs:
-            lines.append(f"  conf/trainer/{path.name}")
-    lines.append("")
-    lines.append("Example: python -m lightning_gait.fit --config conf/gait_norm.yaml --data.data_dir ../shared/data")
+    names = regime_names()
+    width = max((len(n) for n in names), default=0)
+    lines = [f"Configs: --config NAME, from {CONF_DIR} (each gives what differs from base.yaml):"]
+    lines += [f"  {name:<{width}}  {_summary_line(CONF_DIR / f'{name}.yaml')}" for name in names]
+    trainer = sorted(f"trainer/{p.stem}" for p in (CONF_DIR / "trainer").glob("*.yaml"))
+    if trainer:
+        lines.append("Trainer settings, as a second --config: " + ", ".join(trainer))
+    lines.append("Example: python -m lightning_gait.fit --config gait_norm --data.data_dir ../shared/data")
     return "\n".join(lines)
 
 
@@ -81,10 +88,35 @@ def _only_prints(args) -> bool:
     return any(isinstance(a, str) and (a in ("-h", "--help") or a.startswith("--print_config")) for a in argv)
 
 
+def _pop_print_config(args: List[str]) -> Tuple[List[str], Optional[str]]:
+    """``args`` without ``--print_config[=flags]``, and that argument (None if absent)."""
+    rest = [a for a in args if not (isinstance(a, str) and a.split("=", 1)[0] == "--print_config")]
+    printing = [a for a in args if a not in rest]
+    return rest, (printing[-1] if printing else None)
+
+
+def fill_network_sizes(config) -> Dict[str, Any]:
+    """Set the network's unset size arguments from the data class; returns ``{key: value}`` set.
+
+    Raises :class:`~lightning_gait.configs.SizeError` for a set value that differs from the
+    data's. The data class is imported from ``data.class_path``, not instantiated.
+    """
+    net = config.get(NET_KEY)
+    init = getattr(net, "init_args", None)
+    if init is None or not config.get("data.class_path"):
+        return {}
+    given = {key: init.get(key) for key in SIZE_KEYS if key in init}
+    where = f"{NET_KEY}.init_args"
+    updates = sizes_from_data(import_class(config["data.class_path"]), given, where=where)
+    for key, value in updates.items():
+        init[key] = value
+    return {f"{where}.{key}": value for key, value in updates.items()}
+
+
 def _build_cli(args):
+    from pytorch_lightning import LightningDataModule
     from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 
-    from .data import CIFAR10DataModule
     from .rules import LocalLearningRule
 
     class LoggerSaveConfigCallback(SaveConfigCallback):
@@ -103,6 +135,21 @@ def _build_cli(args):
                                 help="Checkpoint to resume from (exact continuation).")
             parser.add_argument("--test_after_fit", type=bool, default=True,
                                 help="Test the best checkpoint on the test set after training.")
+            parser.set_defaults({"data": {"class_path": DEFAULT_DATA}})
+            for action in parser._actions:
+                if "--config" in action.option_strings:
+                    action.help = ("A config file (path, or a name listed below) or a YAML string; a file's "
+                                   "`base:` is read first. Repeat to stack configs.")
+
+        def parse_arguments(self, parser, args) -> None:
+            """Parse, then fill the network's sizes from the data, before ``--print_config`` prints."""
+            if not isinstance(args, list):
+                return super().parse_arguments(parser, args)
+            args, printing = _pop_print_config(args)
+            self.config = parser.parse_args(args)
+            filled = fill_network_sizes(self.config)
+            if printing is not None:  # parse again with the sizes given, to print (and exit)
+                parser.parse_args([*args, *(f"--{k}={json.dumps(v)}" for k, v in filled.items()), printing])
 
     import argparse
 
@@ -113,15 +160,16 @@ def _build_cli(args):
 
     return GaitCLI(
         LocalLearningRule,
-        CIFAR10DataModule,
+        LightningDataModule,
         subclass_mode_model=True,
+        subclass_mode_data=True,
         run=False,
         auto_configure_optimizers=False,
         seed_everything_default=0,
         save_config_callback=LoggerSaveConfigCallback,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={
-            "description": "Train a lightning-gait learning rule on CIFAR-10.",
+            "description": "Train a lightning-gait learning rule (on CIFAR-10 unless --data.class_path says otherwise).",
             "epilog": _config_listing(),
             "formatter_class": HelpFormatter,
         },
@@ -181,8 +229,14 @@ def _main(args=None) -> int:
     from .data import DataNotFoundError
     from .targets import NonFiniteError
 
+    argv = sys.argv[1:] if args is None else args
     try:
-        cli = _build_cli(args)
+        if isinstance(argv, (list, tuple)):
+            argv = expand_config_args(argv)
+        cli = _build_cli(argv)
+    except (ConfigError, SizeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except (ValueError, TypeError) as err:
         # constructors name the offending argument (e.g. activation='relu7')
         print(f"error: invalid configuration: {err}", file=sys.stderr)

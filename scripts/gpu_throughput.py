@@ -36,9 +36,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 import torch  # noqa: E402
-import yaml  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 
+from lightning_gait.configs import compose  # noqa: E402
 from lightning_gait.data import CIFAR10DataModule  # noqa: E402
 
 
@@ -56,12 +56,12 @@ def instantiate(spec):
 
 def rule_from_config(name: str, *, width: Optional[int] = None, **overrides):
     """The rule of ``conf/NAME.yaml`` (``overrides`` replace its init_args) and its batch size."""
-    config = yaml.safe_load((REPO_ROOT / "conf" / f"{name}.yaml").read_text())
+    config = compose(name)  # the regime with its base, network sizes from the data
     model = config["model"]
     model.setdefault("init_args", {}).update(overrides)
     if width is not None:
         model["init_args"]["net"]["init_args"]["width"] = width
-    return instantiate(model), config["data"]["batch_size"]
+    return instantiate(model), config["data"]["init_args"]["batch_size"]
 
 
 def write_fake_cifar(root: Path, per_file: int) -> Path:

@@ -1,6 +1,7 @@
 """`python -m lightning_gait.fit`: every config runs, resume is exact, errors are clear."""
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -8,12 +9,17 @@ import time
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
+import yaml
 
 from lightning_gait import fit
+from lightning_gait.configs import ConfigError, SizeError, compose, expand_config_args, regime_names, sizes_from_data
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((REPO_ROOT / "conf").glob("*.yaml"))
+CONFIGS = [REPO_ROOT / "conf" / f"{name}.yaml" for name in regime_names(REPO_ROOT / "conf")]
+RECORDED = yaml.safe_load((REPO_ROOT / "tests" / "fixtures" / "resolved_configs.yaml").read_text())
+NET = "model.init_args.net.init_args"
 
 
 def tiny_data_args(root: Path) -> list:
@@ -54,8 +60,197 @@ def test_every_config_runs_fast_dev_run(config, tiny_cifar_root, tmp_path, monke
 def test_help_lists_the_configs():
     result = run_cli(["--help"], REPO_ROOT)
     assert result.returncode == 0
+    listing = result.stdout.split("Configs: --config NAME", 1)[1]
     for config in CONFIGS:
-        assert f"conf/{config.name}" in result.stdout
+        assert f"\n  {config.stem} " in listing, config.stem
+    assert "\n  base " not in listing  # the shared part is not a regime
+    assert "trainer/ddp_cpu" in listing
+
+
+def resolved(*args: str) -> dict:
+    """The parsed ``--print_config`` output of ``fit`` with ``args`` (run in this process)."""
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
+        fit.main([*args, "--print_config"])
+    assert exit_info.value.code in (0, None)
+    return yaml.safe_load(out.getvalue())
+
+
+def _callback_key(callback: dict) -> str:
+    return yaml.safe_dump(callback, sort_keys=True)
+
+
+@pytest.mark.parametrize("name", sorted(RECORDED))
+def test_composed_config_resolves_to_the_recorded_values(name, monkeypatch):
+    """Every key of the regime resolves as the full single-file config did (tests/fixtures).
+
+    Two differences are by design: the data section is a ``class_path`` with its
+    ``init_args`` (any LightningDataModule can be chosen), and TargetNorms, which a regime
+    appends to the base's callbacks, comes after Orthogonality. The diagnostics callbacks
+    measure independently, so callbacks are compared in any order.
+    """
+    monkeypatch.setattr(sys, "argv", ["lightning-gait-fit"])
+    want, got = copy.deepcopy(RECORDED[name]), resolved("--config", str(REPO_ROOT / "conf" / f"{name}.yaml"))
+    assert got["data"]["class_path"] == "lightning_gait.data.CIFAR10DataModule"
+    assert got["data"]["init_args"] == want["data"]
+    assert sorted(map(_callback_key, got["trainer"]["callbacks"])) == \
+        sorted(map(_callback_key, want["trainer"]["callbacks"]))
+    for config in (want, got):
+        config.pop("data")
+        config["trainer"].pop("callbacks")
+    assert got == want
+
+
+def test_regime_files_hold_only_their_differences():
+    base_lines = [line for line in (REPO_ROOT / "conf" / "base.yaml").read_text().splitlines()
+                  if line.strip() and not line.lstrip().startswith("#")]
+    for path in CONFIGS:
+        lines = [line for line in path.read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        assert len(lines) <= 30 and len(lines) < 0.75 * len(base_lines), (path.name, len(lines))
+        own = yaml.safe_load(path.read_text())
+        assert own["base"] == "base.yaml"
+        assert set(own) <= {"base", "trainer", "model"}, path.name
+        assert set(own["trainer"]) <= {"logger", "callbacks+"}, path.name
+        assert set(own["trainer"]["logger"]) == {"init_args"} and set(own["trainer"]["logger"]["init_args"]) == {"name"}
+        net = own["model"]["init_args"]["net"]["init_args"]
+        assert not {"in_features", "num_classes"} & set(net), path.name
+
+
+def test_print_config_takes_the_sizes_from_the_data(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["lightning-gait-fit"])
+    net = resolved("--config", "gait_norm")["model"]["init_args"]["net"]["init_args"]
+    assert (net["in_features"], net["num_classes"]) == (3072, 10)
+    # a hand-set value that agrees with the data is accepted
+    net = resolved("--config", "bp", f"--{NET}.in_features", "3072")["model"]["init_args"]["net"]["init_args"]
+    assert net["in_features"] == 3072
+
+
+@pytest.mark.parametrize("key, value, data_gives", [("in_features", "100", "3072 (input_shape 3x32x32)"),
+                                                    ("num_classes", "7", "10")])
+def test_a_size_that_differs_from_the_data_is_an_error(key, value, data_gives, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["lightning-gait-fit"])
+    code = fit.main(["--config", "conf/gait_norm.yaml", f"--{NET}.{key}", value, "--trainer.logger", "false"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip() == (f"error: {NET}.{key} is {value} but the data (CIFAR10DataModule) gives {data_gives}; "
+                           "remove the key to take it from the data")
+
+
+def test_size_message_names_the_data_and_its_shape():
+    class MNISTDataModule:
+        input_shape, input_size, num_classes = (1, 28, 28), 784, 10
+
+    given = {"in_features": 3072, "num_classes": None}
+    with pytest.raises(SizeError) as info:
+        sizes_from_data(MNISTDataModule, given, where=NET)
+    assert str(info.value) == (f"{NET}.in_features is 3072 but the data (MNISTDataModule) gives 784 "
+                               "(input_shape 1x28x28); remove the key to take it from the data")
+    assert sizes_from_data(MNISTDataModule, {"in_features": None, "input_shape": None, "num_classes": None},
+                           where=NET) == {"in_features": 784, "input_shape": (1, 28, 28), "num_classes": 10}
+    assert sizes_from_data(MNISTDataModule, {"input_shape": [1, 28, 28]}, where=NET) == {}
+    with pytest.raises(SizeError, match="input_shape is 3x32x32 but the data .* gives 1x28x28"):
+        sizes_from_data(MNISTDataModule, {"input_shape": [3, 32, 32]}, where=NET)
+    with pytest.raises(SizeError, match="has no input_size"):
+        sizes_from_data(object, {"in_features": None}, where=NET)
+
+
+def test_config_by_name_and_a_second_config(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["lightning-gait-fit"])
+    by_path = resolved("--config", str(REPO_ROOT / "conf" / "gait_norm.yaml"),
+                       "--config", str(REPO_ROOT / "conf" / "trainer" / "ddp_cpu.yaml"))
+    by_name = resolved("--config", "gait_norm", "--config=trainer/ddp_cpu")
+    assert by_name == by_path
+    assert by_name["trainer"]["strategy"] == "ddp" and by_name["trainer"]["devices"] == 2
+    assert by_name["model"]["class_path"] == "lightning_gait.GAITProp"
+    # --data.X is short for --data.init_args.X
+    data = resolved("--config", "gait_norm", "--data.data_dir", "/elsewhere", "--data.download", "false")["data"]
+    assert data["init_args"]["data_dir"] == "/elsewhere" and data["init_args"]["download"] is False
+
+
+def test_base_is_expanded_before_parsing(tmp_path):
+    args = expand_config_args(["--config", "gait_norm", "--trainer.max_epochs", "3"])
+    assert args[:2] == ["--config", str((REPO_ROOT / "conf" / "base.yaml").resolve())]
+    assert args[2] == "--config" and yaml.safe_load(args[3])["model"]["class_path"] == "lightning_gait.GAITProp"
+    assert "base" not in yaml.safe_load(args[3]) and args[4:] == ["--trainer.max_epochs", "3"]
+    # a file without a base, and a YAML string, pass through
+    trainer = str((REPO_ROOT / "conf" / "trainer" / "ddp_cpu.yaml").resolve())
+    assert expand_config_args(["-c", "trainer/ddp_cpu", "-c", "{seed_everything: 1}"]) == \
+        ["-c", trainer, "-c", "{seed_everything: 1}"]
+    # a copy elsewhere finds base.yaml in conf/; a base of a base is followed
+    (tmp_path / "mine.yaml").write_text("base: gait_norm.yaml\nseed_everything: 5\n")
+    layered = expand_config_args(["--config", str(tmp_path / "mine.yaml")])
+    assert len(layered) == 6 and yaml.safe_load(layered[5]) == {"seed_everything": 5}
+    assert compose(str(tmp_path / "mine.yaml"))["seed_everything"] == 5
+    (tmp_path / "lost.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="nowhere.yaml"):
+        expand_config_args(["--config", str(tmp_path / "lost.yaml")])
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        expand_config_args(["--config", str(tmp_path / "loop.yaml")])
+
+
+@pytest.mark.parametrize("name", sorted(RECORDED))
+def test_compose_gives_what_the_cli_resolves(name):
+    """The Python reading of a regime (for code that builds rules without the CLI) matches the CLI's."""
+    def within(given, full, where):
+        if isinstance(given, dict):
+            for key, value in given.items():
+                within(value, full[key], f"{where}.{key}")
+        elif isinstance(given, list) and given and isinstance(given[0], dict):
+            assert len(given) == len(full), where
+            for i, (g, f) in enumerate(zip(given, full)):
+                within(g, f, f"{where}[{i}]")
+        else:
+            assert (list(given) if isinstance(given, (list, tuple)) else given) == full, where
+
+    def matches(given, full) -> bool:
+        try:
+            within(given, full, "")
+        except (AssertionError, KeyError):
+            return False
+        return True
+
+    composed = compose(name)
+    recorded = copy.deepcopy(RECORDED[name])
+    recorded["data"] = {"class_path": "lightning_gait.data.CIFAR10DataModule", "init_args": recorded["data"]}
+    callbacks, want = composed["trainer"].pop("callbacks"), recorded["trainer"].pop("callbacks")
+    assert len(callbacks) == len(want)
+    for callback in callbacks:  # in any order, as in the test above
+        assert any(matches(callback, full) for full in want), callback
+    within(composed, recorded, name)
+
+
+class RandomImages(pl.LightningDataModule):
+    """A DataModule with other sizes: 1x4x4 images, 3 classes, random pixels."""
+
+    input_shape = (1, 4, 4)
+    input_size = 16
+    num_classes = 3
+
+    def __init__(self, batch_size: int = 8, size: int = 32) -> None:
+        super().__init__()
+        self.batch_size, self.size = batch_size, size
+
+    def _loader(self):
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand(self.size, self.input_size, generator=g, dtype=torch.float64)
+        y = torch.randint(0, self.num_classes, (self.size,), generator=g)
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=self.batch_size)
+
+    train_dataloader = val_dataloader = test_dataloader = _loader
+
+
+def test_another_datamodule_sets_the_network_sizes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["lightning-gait-fit"])
+    choice = ["--config", "gait_norm", "--data.class_path", f"{__name__}.RandomImages", "--data.batch_size", "4"]
+    net = resolved(*choice)["model"]["init_args"]["net"]["init_args"]
+    assert (net["in_features"], net["num_classes"]) == (16, 3)
+    assert fit.main([*choice, *small_net_args(), "--trainer.fast_dev_run", "true", "--trainer.logger", "false",
+                     "--trainer.default_root_dir", str(tmp_path)]) == 0
 
 
 def test_print_config_resolves_overrides():

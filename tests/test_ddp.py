@@ -330,7 +330,9 @@ def test_trainer_config_composes_with_a_rule_config(trainer_config, monkeypatch)
 
 def diagnostics_config(tmp_path: Path, *, every_n_steps: int = 1) -> Path:
     """conf/gait_norm.yaml with the three diagnostics callbacks measuring every step and a CSV logger."""
-    config = yaml.safe_load((REPO_ROOT / "conf" / "gait_norm.yaml").read_text())
+    from lightning_gait.configs import compose
+
+    config = compose(str(REPO_ROOT / "conf" / "gait_norm.yaml"))  # the regime with its base, as one dict
     trainer = config["trainer"]
     callbacks = [cb for cb in trainer.get("callbacks") or []
                  if not cb["class_path"].startswith("lightning_gait.callbacks.")]

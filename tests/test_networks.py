@@ -31,7 +31,7 @@ def perturb(net: InvertibleMLP, scale: float = 0.3, seed: int = 0) -> None:
 
 # ---------------------------------------------------------------- structure
 def test_paper_defaults_and_layer_shapes():
-    net = InvertibleMLP(3072, num_classes=10)
+    net = InvertibleMLP(in_features=3072, num_classes=10)
     assert (net.in_features, net.width, net.depth, net.num_classes) == (3072, 500, 6, 10)
     assert isinstance(net.layers, torch.nn.ModuleList) and len(net.layers) == 7
     assert all(isinstance(layer, torch.nn.Linear) for layer in net.layers)
@@ -84,7 +84,7 @@ def test_local_trace_detaches_layer_inputs():
 
 # ---------------------------------------------------------------- init
 def test_init_is_orthogonal_with_zero_biases():
-    net = build64(seed=3)
+    net = build64(seed=3, in_features=3072, num_classes=10)
     for i, layer in enumerate(net.layers):
         w = layer.weight
         eye = torch.eye(w.shape[0], dtype=w.dtype)
@@ -99,7 +99,7 @@ def test_init_is_orthogonal_with_zero_biases():
 @pytest.mark.parametrize("perturbed", [False, True], ids=["orthogonal", "perturbed"])
 def test_each_square_layer_inverts_its_forward(activation, perturbed):
     """``G_l(F_l(a)) == a`` to 1e-10 for every square layer, at the paper's width 500."""
-    net = build64(seed=1, in_features=64, width=500, depth=3, activation=activation)
+    net = build64(seed=1, in_features=64, width=500, depth=3, num_classes=10, activation=activation)
     if perturbed:
         perturb(net)
     x = torch.rand(128, 64, dtype=torch.float64)
@@ -159,6 +159,8 @@ def test_orthogonality_penalty_and_surrogate():
         (dict(width=8, num_classes=10), "width"),
         (dict(in_features=0), "in_features"),
         (dict(num_classes=0), "num_classes"),
+        (dict(in_features=None), "in_features"),  # None: the CLI fills it from the data
+        (dict(num_classes=None), "num_classes"),
         (dict(width=0), "width"),
     ],
 )

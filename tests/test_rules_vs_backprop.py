@@ -247,7 +247,7 @@ def study(request) -> Study:
     rel = {name: np.full((n, 7), np.nan) for name, n in nets_of.items()}
     gap = {pair: np.full((nets_of[paper], 7), np.nan) for pair, (paper, _) in FORM_PAIRS.items()}
     for k, (x, y) in enumerate(study_batches()):
-        net64 = build_net(k, activation=activation, in_features=3072, width=500, depth=6)
+        net64 = build_net(k, activation=activation, in_features=3072, width=500, depth=6, num_classes=10)
         net32 = copy.deepcopy(net64).to(torch.float32)
         bp = weight_grads(Backprop(net64), x, y)
         grads = {}

@@ -5,7 +5,7 @@ import importlib
 from pathlib import Path
 from typing import Any, Dict
 
-import yaml
+from ..configs import compose
 
 #: folder of the per-regime configs (``conf/NAME.yaml``)
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -26,14 +26,16 @@ REGIMES: Dict[str, tuple] = {
 
 
 def load_config(regime: str) -> Dict[str, Any]:
-    """The parsed ``conf/{regime}.yaml`` (raises ValueError naming an unknown regime)."""
+    """What ``conf/{regime}.yaml`` and its base give, as one dict, network sizes from the data.
+
+    Raises ValueError naming an unknown regime.
+    """
     if regime not in REGIMES:
         raise ValueError(f"regime must be one of {sorted(REGIMES)}, got {regime!r}")
     path = CONF_DIR / f"{REGIMES[regime][0]}.yaml"
     if not path.is_file():
         raise ValueError(f"config for regime {regime!r} not found: {path}")
-    with open(path) as f:
-        return yaml.safe_load(f)
+    return compose(str(path))
 
 
 def instantiate(spec: Any) -> Any:

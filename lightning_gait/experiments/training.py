@@ -203,7 +203,7 @@ def train_regime(
 
     config = load_config(regime)
     precision = precision or str(config["trainer"].get("precision", "64-true"))
-    data_cfg = config["data"]
+    data_cfg = config["data"]["init_args"]
     pl.seed_everything(seed, workers=True, verbose=False)
     rule = build_rule(regime)
     datamodule = CIFAR10DataModule(

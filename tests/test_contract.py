@@ -88,8 +88,6 @@ model:
     net:
       class_path: contract_net.PatchMixNet
       init_args:
-        input_shape: [3, 32, 32]
-        num_classes: 10
         channels: 4
         patch: 8
 """
@@ -105,7 +103,8 @@ RULE_CASES = {
 
 @pytest.mark.parametrize("case", sorted(RULE_CASES))
 def test_every_rule_trains_it_from_the_cli(case, tiny_cifar_root, tmp_path, monkeypatch, repo_root):
-    """By class_path, with the configs' diagnostics callbacks (which measure at step 0) on every layer."""
+    """By class_path, sized by the DataModule, with the configs' diagnostics callbacks (which
+    measure at step 0) on every layer."""
     monkeypatch.chdir(repo_root)
     net_config = tmp_path / "net.yaml"
     net_config.write_text(NET_CONFIG)

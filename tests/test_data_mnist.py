@@ -298,3 +298,34 @@ def test_resumed_training_continues_exactly(tiny_mnist_root, tmp_path):
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
     assert not torch.equal(first.net.layers[0].weight, straight.net.layers[0].weight)
+
+
+# ---------------------------------------------------------------- through the CLI
+@pytest.mark.parametrize("data_class", ["MNISTDataModule", "FashionMNISTDataModule"])
+def test_fit_trains_the_main_regime_on_generated_mnist_with_sizes_from_the_data(
+        data_class, tiny_mnist_root, tmp_path, monkeypatch, capsys):
+    from lightning_gait import fit
+
+    monkeypatch.chdir(tmp_path)
+    args = ["--config", "gait_norm",
+            "--data.class_path", f"lightning_gait.data.{data_class}", "--data.data_dir", str(tiny_mnist_root),
+            "--data.verify_checksums", "false", "--data.val_size", "16",
+            "--model.init_args.net.init_args.width", "24", "--model.init_args.net.init_args.depth", "2",
+            "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)]
+    with pytest.raises(SystemExit):
+        fit.main(args + ["--print_config"])
+    printed = capsys.readouterr().out
+    assert "in_features: 784" in printed and "num_classes: 10" in printed
+    assert fit.main(args + ["--trainer.fast_dev_run", "true"]) == 0
+
+
+def test_fit_names_both_sizes_when_a_hand_set_size_disagrees_with_mnist(tiny_mnist_root, tmp_path, monkeypatch, capsys):
+    from lightning_gait import fit
+
+    monkeypatch.chdir(tmp_path)
+    code = fit.main(["--config", "gait_norm", "--data.class_path", "lightning_gait.data.MNISTDataModule",
+                     "--data.data_dir", str(tiny_mnist_root), "--data.verify_checksums", "false",
+                     "--model.init_args.net.init_args.in_features", "3072", "--trainer.logger", "false"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "in_features is 3072" in err and "MNISTDataModule" in err and "784" in err

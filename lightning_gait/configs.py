@@ -213,7 +213,8 @@ def sizes_from_data(data_cls: type, given: Mapping[str, Any], *, where: str) -> 
         if key == "input_shape":
             wanted = tuple(int(n) for n in wanted)
         if value is None:
-            updates[key] = wanted
+            # a list: what a YAML config would hold (a tuple does not round-trip a config dump)
+            updates[key] = list(wanted) if key == "input_shape" else wanted
             continue
         is_shape = key == "input_shape" and isinstance(value, (list, tuple))
         if (tuple(value) if is_shape else value) != wanted:

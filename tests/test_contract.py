@@ -6,6 +6,7 @@ the library does not know, registered there). Nothing in the library names it.
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import pytest
 import torch
@@ -125,3 +126,48 @@ def test_every_rule_trains_it_from_the_cli(case, tiny_cifar_root, tmp_path, monk
     losses = [float(r["train/loss_step"]) for r in rows if r.get("train/loss_step")]
     assert losses and all(torch.isfinite(torch.tensor(losses)))
     assert {"ortho/layer_2", "ortho/layer_4"} <= logged
+
+
+def _readme_example_module():
+    """The README's "Bring your own network and data" code blocks, as module ``mypackage``."""
+    import re
+    import sys
+    import types
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("### Bring your own network and data", 1)[1].split("\n##", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    commands = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
+    assert len(blocks) == 2 and len(commands) == 1
+    module = types.ModuleType("mypackage")
+    sys.modules["mypackage"] = module
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), module.__dict__)
+    return module, commands[0]
+
+
+def test_readme_example_network_and_data_train_from_the_cli(tmp_path, monkeypatch):
+    import shlex
+
+    import numpy as np
+
+    module, command = _readme_example_module()
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "data" / "my-digits"
+    folder.mkdir(parents=True)
+    for name, n in (("train.npz", 96), ("test.npz", 32)):
+        labels = rng.integers(0, 10, size=n)
+        images = np.clip(labels[:, None, None, None] * 20 + rng.normal(0, 10, (n, 1, 16, 16)), 0, 255)
+        np.savez(folder / name, images=images.astype(np.uint8), labels=labels.astype(np.int64))
+    net = module.PixelMixNet(input_shape=(1, 16, 16), num_classes=10).double()
+    rule = GAITProp(net, normalize=True, eta=1e-7)
+    x = torch.rand(8, 256, dtype=torch.float64)
+    y = torch.randint(0, 10, (8,))
+    corr = rule_alignment(rule, x, y)
+    assert min(v for k, v in corr.items() if k.startswith("bp_corr/")) >= 0.9999
+    argv = shlex.split(command.replace("\\\n", " "))
+    assert argv[:3] == ["python", "-m", "lightning_gait.fit"]
+    monkeypatch.chdir(tmp_path)
+    code = fit.main(argv[3:] + ["--data.download", "false", "--data.val_size", "16", "--trainer.logger", "false",
+                                "--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path)])
+    assert code == 0

@@ -11,8 +11,8 @@ import os
 import pytest
 import torch
 
-from lightning_gait import bench
-from lightning_gait.bench import VARIANTS, BenchConfig, StepRunner, penalty_gradients, run_benchmark
+from benchmarks import bench
+from benchmarks.bench import VARIANTS, BenchConfig, StepRunner, penalty_gradients, run_benchmark
 
 TINY = [
     "--widths", "24", "--depths", "2", "--width-sweep-depth", "2", "--depth-sweep-width", "24",
@@ -119,7 +119,7 @@ def test_floor_report_arithmetic():
     """Floors follow T_gait >= T_bp + S * delta with S = depth square layers; added terms
     use the fast timings, the subtracted product the slow one; the cached schemes take
     the fewest refinements that the drift model allows."""
-    from lightning_gait.bench_floor import floor_report
+    from benchmarks.bench_floor import floor_report
 
     low = {"product": 1.0, "square_product": 2.0, "lu_factor": 1.5, "lu_solve": 2.0, "inv": 5.0}
     high = {k: v * 1.2 for k, v in low.items()}
@@ -149,7 +149,7 @@ def test_floor_report_arithmetic():
 
 
 def test_floor_cli_runs_small(tmp_path, capsys):
-    from lightning_gait import bench_floor
+    from benchmarks import bench_floor
 
     out = tmp_path / "floor.json"
     result = bench_floor.main(["--width", "32", "--batch", "16", "--dtypes", "float64", "--repeats", "2",

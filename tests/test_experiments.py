@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from lightning_gait.diagnostics import backprop_gradients, gradient_alignment, orthogonality_deviation
-from lightning_gait.experiments import correlation, orthogonality, training
-from lightning_gait.experiments.common import build_rule, load_config
+from experiments import correlation, orthogonality, training
+from experiments.common import build_rule, load_config
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +199,7 @@ def test_tracked_training_records_orthogonality_and_alignment(tiny_cifar_root, t
 
 
 def test_report_tables_come_from_the_csvs(tmp_path, capsys):
-    from lightning_gait.experiments import report
+    from experiments import report
 
     summary = [{"variant": "GAIT-N", "dtype": "float64", "form": "paper", "layer": k, "corr_mean": 0.99993,
                 "corr_std": 1e-5, "corr_median": 0.999991, "corr_min": 0.99991} for k in (1, 2)]

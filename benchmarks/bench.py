@@ -1,4 +1,4 @@
-"""``python -m lightning_gait.bench``: step time of GAIT-prop against backprop, side by side.
+"""``python -m benchmarks.bench``: step time of GAIT-prop against backprop, side by side.
 
 A *step* is what a rule does per batch in training: ``local_gradients(x, y)``, plus the
 orthogonality penalty's gradient when the variant has one (``4 ortho_weight (W W^T - I) W``
@@ -48,10 +48,10 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from .networks import InvertibleMLP
-from .rules import Backprop, GAITProp, LocalLearningRule
-from .rules.base import LocalObjective
-from .targets import NonFiniteError, output_gradient
+from lightning_gait.networks import InvertibleMLP
+from lightning_gait.rules import Backprop, GAITProp, LocalLearningRule
+from lightning_gait.rules.base import LocalObjective
+from lightning_gait.targets import NonFiniteError, output_gradient
 
 __all__ = [
     "Variant",
@@ -562,7 +562,7 @@ def _meta(cfg: BenchConfig, argv: Optional[Sequence[str]]) -> dict:
     except OSError:
         pass
     meta = {
-        "command": "python -m lightning_gait.bench " + " ".join(argv or []),
+        "command": "python -m benchmarks.bench " + " ".join(argv or []),
         "torch": torch.__version__, "python": platform.python_version(), "cpu": cpu,
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
@@ -634,7 +634,7 @@ def _memory_phase(cfg: BenchConfig, rows: List[dict], log: Callable[[str], None]
         return
     import subprocess
 
-    code = "from lightning_gait.bench import _memory_worker; _memory_worker()"
+    code = "from benchmarks.bench import _memory_worker; _memory_worker()"
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -738,7 +738,7 @@ def format_markdown(result: dict) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m lightning_gait.bench", description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--quick", action="store_true", help="acceptance point only, few variants (< 1 min)")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON")

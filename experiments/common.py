@@ -8,7 +8,7 @@ from typing import Any, Dict
 import yaml
 
 #: folder of the per-regime configs (``conf/NAME.yaml``)
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 #: default data folder, as the CLI's ``--data.data_dir`` (relative to the working directory)
 DEFAULT_DATA_DIR = "../shared/data"
 

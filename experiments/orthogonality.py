@@ -1,4 +1,4 @@
-"""``python -m lightning_gait.experiments.orthogonality``: correlation with BP as weights leave orthogonality.
+"""``python -m experiments.orthogonality``: correlation with BP as weights leave orthogonality.
 
 GAIT-prop's update equals backprop's when every inverted layer is orthogonal
 (``W^-1 = W^T``, ``docs/gait-prop.md``, "Why it equals BP"); training keeps the weights
@@ -36,7 +36,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ..diagnostics import backprop_gradients, orthogonality_deviation
+from lightning_gait.diagnostics import backprop_gradients, orthogonality_deviation
 from .common import DEFAULT_DATA_DIR, check_data_dir, close_figure
 from .correlation import (
     FORM_NAMES,
@@ -225,7 +225,7 @@ def plot_drift(rows: Sequence[Dict[str, object]], path: Optional[Path] = None, *
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m lightning_gait.experiments.orthogonality",
+        prog="python -m experiments.orthogonality",
         description="Correlation of GAIT-N / GAIT-SN with BP as the weights drift from orthogonality.",
     )
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,

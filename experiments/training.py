@@ -1,4 +1,4 @@
-"""``python -m lightning_gait.experiments.training``: the paper's Fig. 2A, test accuracy over training.
+"""``python -m experiments.training``: the paper's Fig. 2A, test accuracy over training.
 
 Trains every regime (BP, BP-S, GAIT, GAIT-N, GAIT-S, GAIT-SN, FA, TP) with the
 hyperparameters of its config in ``conf/`` (float64, batch 256, Adam; see
@@ -23,7 +23,7 @@ Writes, into ``--out`` (default ``results/``):
 
 The paper's full run (200 epochs) on a GPU::
 
-    python -m lightning_gait.experiments.training --data-dir ../shared/data --epochs 200 --accelerator gpu
+    python -m experiments.training --data-dir ../shared/data --epochs 200 --accelerator gpu
 
 ``--plot-only`` redraws the figure from the CSVs already in ``--out``.
 """
@@ -135,7 +135,7 @@ class EvaluationRecorder:
 
             def _alignment(self, trainer, pl_module) -> Dict[str, float]:
                 """``ortho_dev`` (mean over square layers) and ``bp_corr_layer_{k}`` on the fixed batch."""
-                from ..diagnostics import orthogonality_metrics, rule_alignment
+                from lightning_gait.diagnostics import orthogonality_metrics, rule_alignment
 
                 images, labels = self.track_batch
                 param = next(pl_module.parameters())
@@ -198,8 +198,8 @@ def train_regime(
     ``batch_size`` images of the training set.
     """
     pl = _import_pl()
-    from ..data import CIFAR10DataModule
-    from ..targets import NonFiniteError
+    from lightning_gait.data import CIFAR10DataModule
+    from lightning_gait.targets import NonFiniteError
 
     config = load_config(regime)
     precision = precision or str(config["trainer"].get("precision", "64-true"))
@@ -408,7 +408,7 @@ def _parse_regimes(text: str) -> List[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m lightning_gait.experiments.training",
+        prog="python -m experiments.training",
         description="Fig. 2A: train every regime on CIFAR-10 and plot test accuracy against epoch.",
         epilog="Full paper run on a GPU: --epochs 200 --accelerator gpu",
     )

@@ -1,4 +1,4 @@
-"""``python -m lightning_gait.experiments.correlation``: the paper's Fig. 2B.
+"""``python -m experiments.correlation``: the paper's Fig. 2B.
 
 Per layer, how well each rule's weight update agrees with backprop's on untrained
 orthogonal ``3072 -> 6 x 500`` networks (``docs/gait-prop.md``, "The correlation metric"):
@@ -45,10 +45,10 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ..diagnostics import backprop_gradients, gradient_alignment
-from ..networks import InvertibleMLP
-from ..rules import FeedbackAlignment, GAITProp, TargetProp
-from ..targets import NonFiniteError
+from lightning_gait.diagnostics import backprop_gradients, gradient_alignment
+from lightning_gait.networks import InvertibleMLP
+from lightning_gait.rules import FeedbackAlignment, GAITProp, TargetProp
+from lightning_gait.targets import NonFiniteError
 from .common import DEFAULT_DATA_DIR, check_data_dir, close_figure
 
 __all__ = [
@@ -116,7 +116,7 @@ def load_batches(data_dir: Path, *, nets: int, batch_size: int, seed: int = 0,
     Images ``perm[j*B : (j+1)*B]`` (``perm = torch.randperm(N)`` under ``seed``); on a set
     smaller than ``nets * B`` the order wraps around (batches then share images).
     """
-    from ..data import CIFAR10DataModule
+    from lightning_gait.data import CIFAR10DataModule
 
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
@@ -408,7 +408,7 @@ def acceptance(summary: Sequence[Dict[str, object]], rows: Sequence[Dict[str, ob
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m lightning_gait.experiments.correlation",
+        prog="python -m experiments.correlation",
         description="Fig. 2B: per-layer correlation with backprop on untrained orthogonal networks.",
     )
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,

@@ -1,8 +1,8 @@
-"""``python -m lightning_gait.bench_floor``: how cheap a GAIT step could be on this machine.
+"""``python -m benchmarks.bench_floor``: how cheap a GAIT step could be on this machine.
 
 **The model.** A GAIT-prop step does what a backprop step does (forward pass, one
 weight-gradient product per layer, the optimizer step; the split of
-``python -m lightning_gait.bench`` measures these equal for both rules) except at the
+``python -m benchmarks.bench`` measures these equal for both rules) except at the
 square layers, where backprop's input-gradient product ``dL/da_{l-1} = dL/dz_l W_l^T``
 (one ``N x n x n`` product) is replaced by a solve ``x = r W_l^-1`` with the current
 weights. Assuming GAIT's shared work costs at least backprop's and leaving out all
@@ -279,7 +279,7 @@ def run(*, devices: Sequence[str], dtypes: Sequence[str], width: int = 500, batc
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m lightning_gait.bench_floor", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_floor", description=__doc__.split("\n")[0])
     p.add_argument("--devices", nargs="+", default=None, help="cpu and/or cuda (default: cpu, and cuda if present)")
     p.add_argument("--dtypes", nargs="+", default=["float64", "float32"])
     p.add_argument("--width", type=int, default=500)

@@ -1,6 +1,7 @@
 """``python -m benchmarks.callbacks_overhead``: training with and without the diagnostics callbacks.
 
-Times a short ``trainer.fit`` on random CIFAR-shaped data without and with
+Times a short ``trainer.fit`` of a regime of ``conf/`` (GAIT-N by default) on random
+CIFAR-shaped data without and with
 :class:`~lightning_gait.callbacks.BPCorrelation`, :class:`~lightning_gait.callbacks.TargetNorms`
 and :class:`~lightning_gait.callbacks.Orthogonality` at their default settings, alternating,
 and reports the wall-clock ratio and the time the callbacks spent measuring
@@ -19,23 +20,27 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 
+from experiments.common import net_args, regime_cli
 from lightning_gait.callbacks import default_callbacks
 
 
-def fit_seconds(rule_name: str, callbacks: Sequence[Callback], *, steps: int, width: int, batch_size: int,
-                precision: str, log_dir: str) -> float:
-    """Seconds of ``trainer.fit`` for ``steps`` batches of a fresh rule on random CIFAR-shaped data."""
+def fit_seconds(regime: str, callbacks: Sequence[Callback], *, steps: int, width: Optional[int],
+                batch_size: int, precision: Optional[str], log_dir: str) -> float:
+    """Seconds of ``trainer.fit`` for ``steps`` batches of a fresh rule of ``regime`` on random data.
+
+    The rule comes from ``conf/{regime}.yaml`` (:func:`experiments.common.build_regime`,
+    seed 0); ``precision`` ``None`` is the config's.
+    """
     from pytorch_lightning.loggers import CSVLogger
     from torch.utils.data import DataLoader, TensorDataset
 
-    from lightning_gait.networks import InvertibleMLP
-    from lightning_gait.rules import RULES
-
-    torch.manual_seed(0)
+    cli = regime_cli(regime, *net_args(width=width), seed=0)
+    rule = cli.model
+    precision = precision or str(cli.trainer.precision)
     n = steps * batch_size
-    loader = DataLoader(TensorDataset(torch.rand(n, 3072), torch.randint(0, 10, (n,))), batch_size=batch_size)
-    kwargs = {"normalize": True} if rule_name == "gait" else {}
-    rule = RULES[rule_name](InvertibleMLP(3072, width, 6, 10), **kwargs)
+    generator = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.rand(n, rule.net.in_features, generator=generator),
+                         torch.randint(0, rule.net.num_classes, (n,), generator=generator))
     trainer = pl.Trainer(
         max_steps=steps, precision=precision, accelerator="auto", devices=1, logger=CSVLogger(log_dir),
         callbacks=list(callbacks), enable_checkpointing=False, enable_progress_bar=False,
@@ -44,7 +49,7 @@ def fit_seconds(rule_name: str, callbacks: Sequence[Callback], *, steps: int, wi
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     start = time.perf_counter()
-    trainer.fit(rule, loader)
+    trainer.fit(rule, DataLoader(data, batch_size=batch_size))
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return time.perf_counter() - start
@@ -54,15 +59,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     """Side-by-side timing of training with and without the three callbacks at their defaults."""
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.callbacks_overhead",
-        description="Time a short fit (GAIT-N, 3072 -> 6 x 500 by default) without and with "
+        description="Time a short fit (conf/gait_norm.yaml by default) without and with "
         "BPCorrelation, TargetNorms and Orthogonality at their default settings.",
     )
-    parser.add_argument("--rule", default="gait", help="key of lightning_gait.rules.RULES (gait: GAIT-N)")
+    parser.add_argument("--regime", default="gait_norm", help="a config in conf/ (gait_norm: GAIT-N)")
     parser.add_argument("--steps", type=int, default=200, help="a multiple of 100, so that every callback "
                         "measures at exactly its default rate")
-    parser.add_argument("--width", type=int, default=500)
+    parser.add_argument("--width", type=int, default=None, help="network width (default: the config's)")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--precision", default="64-true")
+    parser.add_argument("--precision", default=None, help="Lightning precision (default: the config's)")
     parser.add_argument("--repeats", type=int, default=1, help="alternating off/on pairs; medians are reported")
     args = parser.parse_args(argv)
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
@@ -70,19 +75,19 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     off, on, spent = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         common = dict(width=args.width, batch_size=args.batch_size, precision=args.precision, log_dir=tmp)
-        fit_seconds(args.rule, [], steps=3, **common)  # warm-up
+        fit_seconds(args.regime, [], steps=3, **common)  # warm-up
         for _ in range(args.repeats):
-            off.append(fit_seconds(args.rule, [], steps=args.steps, **common))
+            off.append(fit_seconds(args.regime, [], steps=args.steps, **common))
             callbacks = default_callbacks()
             for cb in callbacks:
                 cb.synchronize_timing = True
-            on.append(fit_seconds(args.rule, callbacks, steps=args.steps, **common))
+            on.append(fit_seconds(args.regime, callbacks, steps=args.steps, **common))
             spent.append({type(cb).__name__: (cb.seconds_spent, len(cb.history)) for cb in callbacks})
     off_t = sorted(off)[len(off) // 2]
     on_t = sorted(on)[len(on) // 2]
     in_run = [sum(s for s, _ in d.values()) / (t - sum(s for s, _ in d.values())) for t, d in zip(on, spent)]
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    print(f"rule={args.rule} precision={args.precision} 3072->6x{args.width} batch={args.batch_size} "
+    print(f"regime={args.regime} precision={args.precision or 'config'} width={args.width or 'config'} batch={args.batch_size} "
           f"steps={args.steps} device={device} threads={torch.get_num_threads()}")
     print(f"off: {', '.join(f'{t:.2f}' for t in off)} s; on: {', '.join(f'{t:.2f}' for t in on)} s")
     for name, (seconds, count) in spent[-1].items():

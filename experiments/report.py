@@ -13,7 +13,7 @@ import argparse
 import math
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 from .correlation import PANELS, read_csv
 from .training import read_runs, summarize_runs

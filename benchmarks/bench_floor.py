@@ -36,10 +36,11 @@ subtracted terms the slower, so each ``delta`` is on the low side.
   - ``cached_mixed`` (float64 runs): products with ``M`` in float32, residuals in
     float64, upkeep free: ``delta = t32 - t64 + c (t64 + t32)``.
 
-**The tolerance.** The issue's bound is 1e-6 relative to the exact-inverse update. In
-float32 no second method can meet that literally: float32 LU itself is 1.2e-5 (median)
-from the float64 result, and two float32 solvers differ by that much, so the float32
-rows use 1e-5 ("as accurate as float32 LU"), which lets one refinement suffice.
+**The tolerance.** The documented bound of ``inverse="cached"`` is 1e-6 relative to the
+exact-inverse update. In float32 no second method can meet that literally: float32 LU
+itself is 1.2e-5 (median) from the float64 result, and two float32 solvers differ by that
+much, so the float32 rows use 1e-5 ("as accurate as float32 LU"), which lets one
+refinement suffice.
 
 It prints the floors at each depth, the largest ``delta`` a 1.3x step at depth 6 allows,
 and the largest ``delta`` that keeps the ratio at depth 12 within 10% of the ratio at

@@ -87,7 +87,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     on_t = sorted(on)[len(on) // 2]
     in_run = [sum(s for s, _ in d.values()) / (t - sum(s for s, _ in d.values())) for t, d in zip(on, spent)]
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    print(f"regime={args.regime} precision={args.precision or 'config'} width={args.width or 'config'} batch={args.batch_size} "
+    print(f"regime={args.regime} precision={args.precision or 'config'} width={args.width or 'config'} "
+          f"batch={args.batch_size} "
           f"steps={args.steps} device={device} threads={torch.get_num_threads()}")
     print(f"off: {', '.join(f'{t:.2f}' for t in off)} s; on: {', '.join(f'{t:.2f}' for t in on)} s")
     for name, (seconds, count) in spent[-1].items():

@@ -58,9 +58,10 @@ def _split_table(splits: List[dict]) -> List[str]:
     keys = list(RANGE_KEYS.values())
     lines = ["### Split of `training_step` (ms per step, profiler ranges, CPU time; mean of the profiled steps)",
              "",
-             "Ranges of `lightning_gait.rules.base.STEP_RANGES` (GAIT-prop's `inverses` lie inside `targets`). `sum`: the "
-             "outermost ranges; `other`: the rest of `training_step` and its Lightning hooks. `bare step`: "
-             "the median of the timed step above (`local_gradients`, penalty, optimizer).",
+             "Ranges of `lightning_gait.rules.base.STEP_RANGES` (GAIT-prop's `inverses` lie inside "
+             "`targets`). `sum`: the outermost ranges; `other`: the rest of `training_step` and its "
+             "Lightning hooks. `bare step`: the median of the timed step above (`local_gradients`, "
+             "penalty, optimizer).",
              "",
              "| device | dtype | width | depth | variant | " + " | ".join(keys)
              + " | sum | other | training_step | bare step |",

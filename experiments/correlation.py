@@ -367,7 +367,7 @@ def plot_correlation(summary: Sequence[Dict[str, object]], path: Optional[Path] 
 
 
 def acceptance(summary: Sequence[Dict[str, object]], rows: Sequence[Dict[str, object]]) -> List[str]:
-    """The issue's checks of Fig. 2B, as human-readable lines (PASS/FAIL)."""
+    """The checks of Fig. 2B against the paper's claims, as human-readable lines (PASS/FAIL)."""
     lines = []
 
     def layers_of(variant, dtype, form):

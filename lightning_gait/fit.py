@@ -22,7 +22,6 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from jsonargparse import ArgumentError
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 

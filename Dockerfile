@@ -20,6 +20,10 @@ COPY lightning_gait ./lightning_gait
 RUN pip install -r requirements.txt
 
 COPY conf ./conf
+# the research tooling beside the library, e.g.
+#   docker run --gpus all --rm --entrypoint python lightning-gait -m benchmarks.bench --quick
+COPY benchmarks ./benchmarks
+COPY experiments ./experiments
 
 ENTRYPOINT ["python", "-m", "lightning_gait.fit"]
 CMD ["--config", "conf/gait_norm.yaml"]

@@ -5,20 +5,17 @@ then, per dtype, full passes over ``train_dataloader()`` including the conversio
 ``on_after_batch_transfer`` applies in training (uint8 -> float, ``/255``). Compare with the
 epoch time a training run logs (``time/epoch_s``).
 
-    python benchmarks/data_loading.py --data-dir ../shared/data
+    python -m benchmarks.data_loading --data-dir ../shared/data
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from lightning_gait.data import CIFAR10DataModule, DataNotFoundError  # noqa: E402
+from lightning_gait.data import CIFAR10DataModule, DataNotFoundError
 
 
 def main(argv=None) -> int:

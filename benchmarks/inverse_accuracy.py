@@ -8,7 +8,7 @@ too, and the relative error ``||dW_fast - dW_exact||_F / ||dW_exact||_F`` of eve
 weight update is recorded (biases: the same, reported separately). Training follows the
 first strategy's own trajectory, so the staleness of its cached inverse is the real one.
 
-    python benchmarks/inverse_accuracy.py --steps 500 --json benchmarks/inverse_accuracy.json
+    python -m benchmarks.inverse_accuracy --steps 500 --json benchmarks/inverse_accuracy.json
 """
 from __future__ import annotations
 
@@ -18,15 +18,12 @@ import json
 import os
 import pickle
 import statistics
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from lightning_gait import GAITProp, InvertibleMLP  # noqa: E402
-from lightning_gait.inverses import CachedInverse  # noqa: E402
+from lightning_gait import GAITProp, InvertibleMLP
+from lightning_gait.inverses import CachedInverse
 
 STRATEGIES = {
     "ns1_ref1": dict(newton_steps=1, refinements=1),  # the default of inverse="cached"

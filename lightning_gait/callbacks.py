@@ -35,17 +35,17 @@ loggers write on rank 0 only). Nothing in the rank-0 branch communicates: the ru
 ranks cannot wait on a collective that they never enter; they just reach the next
 gradient all-reduce a little earlier. One log per measurement, never one per rank.
 
-Cost. At the defaults (``every_n_steps=50``; 100 for :class:`Orthogonality`) the three
-together slow training by well under 10%; measure it with
-``python -m lightning_gait.callbacks --bench`` (runs a short fit with and without them).
+Cost. A measurement is extra work on one batch (:class:`BPCorrelation`: the rule's update
+and backprop's gradient) every ``every_n_steps`` batches (defaults 50; 100 for
+:class:`Orthogonality`). ``python -m benchmarks.callbacks_overhead`` (from the repository
+root) times training with and without them; ``benchmarks/README.md`` has the figures.
 """
 from __future__ import annotations
 
-import argparse
 import time
 import warnings
 from contextlib import contextmanager
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Tuple
 
 import torch
 import pytorch_lightning as pl
@@ -103,9 +103,9 @@ class DiagnosticCallback(Callback):
         self.max_chart_points = max_chart_points
         #: ``(step, metrics)`` of every measurement on this rank, oldest first
         self.history: List[Tuple[int, Dict[str, float]]] = []
-        #: wall seconds spent measuring and logging (for the overhead benchmark)
+        #: wall seconds spent measuring and logging (``benchmarks/callbacks_overhead.py`` reads it)
         self.seconds_spent = 0.0
-        #: synchronise CUDA before timing a measurement (set by the benchmark only)
+        #: synchronise CUDA before timing a measurement, so that :attr:`seconds_spent` is exact
         self.synchronize_timing = False
 
     @property
@@ -371,80 +371,3 @@ def default_callbacks() -> List[DiagnosticCallback]:
     """The three callbacks at their default settings."""
     return [BPCorrelation(), TargetNorms(), Orthogonality()]
 
-
-# ---------------------------------------------------------------------- benchmark
-def _bench_fit(rule_name: str, callbacks: Sequence[Callback], *, steps: int, width: int, batch_size: int,
-               precision: str, log_dir: str) -> float:
-    """Seconds of ``trainer.fit`` for ``steps`` batches of a fresh rule on random CIFAR-shaped data."""
-    from pytorch_lightning.loggers import CSVLogger
-    from torch.utils.data import DataLoader, TensorDataset
-
-    from .networks import InvertibleMLP
-    from .rules import RULES
-
-    torch.manual_seed(0)
-    n = steps * batch_size
-    loader = DataLoader(TensorDataset(torch.rand(n, 3072), torch.randint(0, 10, (n,))), batch_size=batch_size)
-    kwargs = {"normalize": True} if rule_name == "gait" else {}
-    rule = RULES[rule_name](InvertibleMLP(3072, width, 6, 10), **kwargs)
-    trainer = pl.Trainer(
-        max_steps=steps, precision=precision, accelerator="auto", devices=1, logger=CSVLogger(log_dir),
-        callbacks=list(callbacks), enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, log_every_n_steps=50,
-    )
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    trainer.fit(rule, loader)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
-def _bench(argv: Optional[Sequence[str]] = None) -> None:
-    """Side-by-side timing of training with and without the three callbacks at their defaults."""
-    import logging
-    import tempfile
-
-    parser = argparse.ArgumentParser(
-        prog="python -m lightning_gait.callbacks --bench",
-        description="Time a short fit (GAIT-N, 3072 -> 6 x 500 by default) without and with "
-        "BPCorrelation, TargetNorms and Orthogonality at their default settings.",
-    )
-    parser.add_argument("--bench", action="store_true", required=True)
-    parser.add_argument("--rule", default="gait", help="key of lightning_gait.rules.RULES (gait: GAIT-N)")
-    parser.add_argument("--steps", type=int, default=200, help="a multiple of 100, so that every callback "
-                        "measures at exactly its default rate")
-    parser.add_argument("--width", type=int, default=500)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--precision", default="64-true")
-    parser.add_argument("--repeats", type=int, default=1, help="alternating off/on pairs; medians are reported")
-    args = parser.parse_args(argv)
-    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
-    off, on, spent = [], [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        common = dict(width=args.width, batch_size=args.batch_size, precision=args.precision, log_dir=tmp)
-        _bench_fit(args.rule, [], steps=3, **common)  # warm-up
-        for _ in range(args.repeats):
-            off.append(_bench_fit(args.rule, [], steps=args.steps, **common))
-            callbacks = default_callbacks()
-            for cb in callbacks:
-                cb.synchronize_timing = True
-            on.append(_bench_fit(args.rule, callbacks, steps=args.steps, **common))
-            spent.append({type(cb).__name__: (cb.seconds_spent, len(cb.history)) for cb in callbacks})
-    off_t = sorted(off)[len(off) // 2]
-    on_t = sorted(on)[len(on) // 2]
-    in_run = [sum(s for s, _ in d.values()) / (t - sum(s for s, _ in d.values())) for t, d in zip(on, spent)]
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    print(f"rule={args.rule} precision={args.precision} 3072->6x{args.width} batch={args.batch_size} "
-          f"steps={args.steps} device={device} threads={torch.get_num_threads()}")
-    print(f"off: {', '.join(f'{t:.2f}' for t in off)} s; on: {', '.join(f'{t:.2f}' for t in on)} s")
-    for name, (seconds, count) in spent[-1].items():
-        print(f"  {name}: {count} measurements, {seconds:.2f} s ({seconds / max(count, 1):.3f} s each)")
-    print(f"wall-clock ratio on/off (median) = {on_t / off_t:.3f}")
-    print(f"in-run overhead (callback time / rest of the same run) = {sorted(in_run)[len(in_run) // 2]:.3f}")
-
-
-if __name__ == "__main__":
-    _bench()

@@ -5,7 +5,8 @@
 #   1. here (no GPU needed), once per checkout:
 #        bash scripts/gpu_check.sh --prepare
 #      copies the pure-Python packages that the GPU image lacks for the CLI (jsonargparse,
-#      docstring_parser, typeshed_client) from .venv into .gpu_pydeps/ (git-excluded).
+#      docstring_parser, typeshed_client) from .venv into .gpu_pydeps/ (git-excluded). Steps b
+#      and c both need them: b builds its rules through fit's parser (experiments.common).
 #   2. on the device (the device tool's run): command "bash scripts/gpu_check.sh",
 #      carry [".gpu_pydeps"], timeout_s 480. About 3-5 minutes on an H100.
 #

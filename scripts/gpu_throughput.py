@@ -4,8 +4,9 @@ Run from the repository root (``scripts/gpu_check.sh`` calls it)::
 
     python scripts/gpu_throughput.py --steps 200 --warmup 20 --json OUT/throughput.json
 
-Each run is a real ``Trainer.fit`` of the rule that ``conf/NAME.yaml`` describes (the
-paper's network, 3072 -> 6 x 500, batch 256 per process), fed by
+Each run is a real ``Trainer.fit`` of the rule that ``conf/NAME.yaml`` describes, built by
+fit's own parser (:func:`experiments.common.regime_cli`; the paper's network, 3072 -> 6 x
+500, batch 256 per process), fed by
 :class:`~lightning_gait.data.CIFAR10DataModule` from a generated CIFAR-10 in the real file
 format (random pixels: the speed does not depend on them; the real data set is not on
 the GPU machine), uint8 batches converted on the device. Timed: the steps after
@@ -21,7 +22,6 @@ many), then ``bp`` and ``gait_norm`` at 64-true again under ``strategy=ddp`` wit
 from __future__ import annotations
 
 import argparse
-import importlib
 import importlib.util
 import json
 import platform
@@ -38,30 +38,14 @@ sys.path.insert(0, str(REPO_ROOT))
 import torch  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 
-from lightning_gait.configs import compose  # noqa: E402
+from experiments.common import model_args, net_args, regime_cli  # noqa: E402
 from lightning_gait.data import CIFAR10DataModule  # noqa: E402
 
 
-def instantiate(spec):
-    """Build ``{class_path, init_args}`` (nested) as LightningCLI would."""
-    if isinstance(spec, dict) and "class_path" in spec:
-        module, _, name = spec["class_path"].rpartition(".")
-        cls = getattr(importlib.import_module(module), name)
-        kwargs = {k: instantiate(v) for k, v in (spec.get("init_args") or {}).items()}
-        return cls(**kwargs)
-    if isinstance(spec, list) and all(isinstance(v, (int, float)) for v in spec):
-        return tuple(spec)
-    return spec
-
-
 def rule_from_config(name: str, *, width: Optional[int] = None, **overrides):
-    """The rule of ``conf/NAME.yaml`` (``overrides`` replace its init_args) and its batch size."""
-    config = compose(name)  # the regime with its base, network sizes from the data
-    model = config["model"]
-    model.setdefault("init_args", {}).update(overrides)
-    if width is not None:
-        model["init_args"]["net"]["init_args"]["width"] = width
-    return instantiate(model), config["data"]["init_args"]["batch_size"]
+    """The rule of regime ``name`` (``overrides``: its arguments to replace) and the config's batch size."""
+    cli = regime_cli(name, *model_args(**overrides), *net_args(width=width))
+    return cli.model, cli.datamodule.batch_size
 
 
 def write_fake_cifar(root: Path, per_file: int) -> Path:

@@ -11,8 +11,11 @@ import os
 import pytest
 import torch
 
-from lightning_gait import bench
-from lightning_gait.bench import VARIANTS, BenchConfig, StepRunner, penalty_gradients, run_benchmark
+from benchmarks import bench, memory
+from benchmarks.bench import BenchConfig
+from benchmarks.split import RANGE_KEYS, aggregate_ranges, profile_split
+from benchmarks.variants import VARIANTS, StepRunner
+from lightning_gait.networks import orthogonality_surrogate
 
 TINY = [
     "--widths", "24", "--depths", "2", "--width-sweep-depth", "2", "--depth-sweep-width", "24",
@@ -29,7 +32,7 @@ def test_cli_writes_json_and_markdown(tmp_path, capsys):
     bench.main(TINY + ["--json", str(path), "--markdown", str(md)])
     result = json.loads(path.read_text())
     assert set(result) == {"meta", "results", "split", "lightning"}
-    assert {"command", "torch", "cpu", "torch_threads", "config", "step", "ratio", "peak_step_mb"} <= set(
+    assert {"command", "torch", "cpu", "torch_threads", "config", "step", "split", "ratio", "peak_step_mb"} <= set(
         result["meta"])
     rows = result["results"]
     # one row per dtype and variant at the single point (24, 2)
@@ -44,61 +47,97 @@ def test_cli_writes_json_and_markdown(tmp_path, capsys):
         assert "peak_step_mb" not in r  # --no-memory
         if r["variant"] == "backprop":
             assert r["ratio"] == 1.0
-    split_keys = {"forward_ms", "inverses_ms", "target_pass_ms", "local_gradients_ms", "penalty_ms",
-                  "optimizer_ms", "sum_ms", "step_median_ms"}
+    ranges = [f"{k}_ms" for k in RANGE_KEYS.values()]
     assert len(result["split"]) == len(rows)
     for s in result["split"]:
-        assert split_keys <= set(s)
-        assert s["sum_ms"] == pytest.approx(sum(s[k] for k in split_keys - {"sum_ms", "step_median_ms"}))
+        assert set(ranges) | {"sum_ms", "other_ms", "step_ms", "bare_step_median_ms", "steps"} <= set(s)
+        assert s["steps"] == 1 and s["forward_ms"] > 0 and s["backward_ms"] > 0 and s["optimizer_ms"] > 0
+        assert 0 < s["sum_ms"] <= s["step_ms"]
+        # ranges nest (inverses inside targets): the sum counts the outermost ones
+        outer = s["sum_ms"] - sum(s[k] for k in ranges if k != "inverses_ms")
+        assert outer == pytest.approx(0, abs=1e-6)
         if s["variant"] == "backprop":
-            assert s["inverses_ms"] == 0.0 and s["target_pass_ms"] == 0.0
-        if s["variant"] != "gait_n_penalty":
-            assert s["penalty_ms"] < s["sum_ms"]
+            assert s["inverses_ms"] == 0.0 and s["targets_ms"] == 0.0
+        else:
+            assert 0 < s["inverses_ms"] < s["targets_ms"]
+        assert (s["penalty_ms"] > 0) == (s["variant"] == "gait_n_penalty")
     assert sorted((r["dtype"], r["variant"]) for r in result["lightning"]) == [("float32", "gait_n"),
                                                                              ("float64", "gait_n")]
     for r in result["lightning"]:
         assert r["steps"] == 2 and r["lightning_ms"] > 0 and r["bare_ms"] > 0
     text = md.read_text()
-    assert "### Step time, cpu, float64" in text and "### Split of one step" in text
+    assert "### Step time, cpu, float64" in text and "### Split of `training_step`" in text
     assert "GAIT-N + penalty" in text
     assert "### Step time, cpu, float32" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux's peak-RSS reset")
 def test_memory_phase_reports_the_step_peak():
-    cfg = BenchConfig(batch=64, in_features=2048, num_classes=4)
+    cfg = BenchConfig(batch=64)
     rows = [dict(device="cpu", dtype="float64", width=128, depth=2, variant=v, status="ok")
             for v in ("backprop", "gait_n_penalty")]
     rows.append(dict(device="cpu", dtype="float64", width=128, depth=2, variant="gait_n", status="failed"))
     messages = []
-    bench._memory_phase(cfg, rows, messages.append)
+    memory.memory_phase(cfg, rows, messages.append)
     assert messages == []
     bp, penalty, failed = (r["peak_step_mb"] for r in rows)
-    # a step allocates at least the new weight gradient of layer 1 (2048 x 128 float64 = 2 MiB); the
+    # a step allocates at least the new weight gradient of layer 1 (3072 x 128 float64 = 3 MiB); the
     # kernel's resident-set counters lag by up to a few hundred KiB
     assert bp >= 1.5 and penalty >= 1.5
     assert failed is None
 
 
 def test_bench_step_installs_what_training_step_installs():
-    """The timed step and Lightning's training_step put the same gradient into .grad."""
-    variant = VARIANTS["gait_n_penalty"]
-    kwargs = dict(width=12, depth=2, batch=6, in_features=10, num_classes=3, dtype=torch.float64,
-                  device=torch.device("cpu"), seed=3)
-    runner = StepRunner(variant, **kwargs)
-    grads = runner.rule.local_gradients(runner.x, runner.y)
-    penalty = penalty_gradients(runner.net, runner.rule.ortho_weight)
-    # the reference: the local objective plus the surrogate, through autograd, as training_step
-    from lightning_gait.networks import orthogonality_surrogate
-
+    """The timed step puts into .grad the gradient of training_step's objective (local objective + penalty)."""
+    runner = StepRunner(VARIANTS["gait_n_penalty"], width=12, depth=2, batch=6,
+                        dtype=torch.float64, device=torch.device("cpu"), seed=3)
+    assert runner.rule.ortho_weight == 100.0 and runner.rule.normalize
+    runner.install_gradients()
     out = runner.rule.local_objective(runner.x, runner.y)
     surrogate, _ = orthogonality_surrogate(runner.net)
-    total = out.objective + runner.rule.ortho_weight * surrogate
-    reference = torch.autograd.grad(total, [layer.weight for layer in runner.net.layers])
-    for i, (gw, _) in enumerate(grads):
-        expected = gw + penalty[i] if i in penalty else gw
-        assert torch.allclose(expected, reference[i], rtol=1e-10, atol=1e-12)
-    assert set(penalty) == set(runner.net.square_layer_indices)
+    params = [p for pair in runner.net.layer_parameters() for p in pair]
+    reference = torch.autograd.grad(out.objective + runner.rule.ortho_weight * surrogate, params)
+    for p, expected in zip(params, reference):
+        assert torch.allclose(p.grad, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_variants_are_regimes_on_one_network():
+    """Every variant is its regime's rule on the same square-output network (same seed, same weights)."""
+    kwargs = dict(width=16, depth=2, batch=4, dtype=torch.float64, device=torch.device("cpu"), seed=1)
+    bp = StepRunner(VARIANTS["backprop"], **kwargs)
+    cached = StepRunner(VARIANTS["gait_n_cached"], **kwargs)
+    assert bp.net.square_output and bp.rule.ortho_weight == 0.0
+    assert cached.rule.target_mode == "difference" and not cached.rule.inverse_strategy.exact
+    assert cached.rule.ortho_weight == 0.0 and (cached.net.in_features, cached.net.num_classes) == (3072, 10)
+    assert all(torch.equal(a, b) for a, b in zip(bp.net.parameters(), cached.net.parameters()))
+    assert torch.equal(bp.x, cached.x) and bp.x.dtype == torch.float64
+    assert VARIANTS["gait_sn"].label == "GAIT-SN" and VARIANTS["gait_sn"].baseline == "backprop_s"
+
+
+def test_split_reads_the_profiler_ranges_of_training_step():
+    runner = StepRunner(VARIANTS["gait_n_penalty"], width=16, depth=2, batch=8,
+                        dtype=torch.float32, device=torch.device("cpu"), seed=0)
+    split = profile_split(runner, steps=2, warmup=1)
+    assert all(split[f"{k}_ms"] > 0 for k in RANGE_KEYS.values())
+    assert split["sum_ms"] == pytest.approx(sum(split[f"{k}_ms"] for k in RANGE_KEYS.values())
+                                            - split["inverses_ms"])
+    assert split["other_ms"] == pytest.approx(split["step_ms"] - split["sum_ms"])
+    assert runner.rule.global_step == 3  # the real training loop ran
+
+
+def test_aggregate_ranges_counts_nested_ranges_once():
+    class Event:
+        def __init__(self, name, us, parent=None):
+            self.name, self.cpu_time_total, self.cpu_parent = name, us, parent
+
+    step = Event("ProfilerStep", 900.0)
+    targets = Event("lightning_gait.targets", 400.0, step)
+    events = [step, Event("lightning_gait.forward", 100.0, step), targets,
+              Event("lightning_gait.inverses", 150.0, Event("aten::mm", 160.0, targets))]
+    out = aggregate_ranges(events, steps=2)
+    assert (out["forward_ms"], out["targets_ms"], out["inverses_ms"]) == (0.05, 0.2, 0.075)
+    assert out["sum_ms"] == pytest.approx(0.25) and out["penalty_ms"] == 0.0
+    assert not any(k.endswith("_device_ms") for k in out)
 
 
 def test_config_validation():
@@ -119,7 +158,7 @@ def test_floor_report_arithmetic():
     """Floors follow T_gait >= T_bp + S * delta with S = depth square layers; added terms
     use the fast timings, the subtracted product the slow one; the cached schemes take
     the fewest refinements that the drift model allows."""
-    from lightning_gait.bench_floor import floor_report
+    from benchmarks.bench_floor import floor_report
 
     low = {"product": 1.0, "square_product": 2.0, "lu_factor": 1.5, "lu_solve": 2.0, "inv": 5.0}
     high = {k: v * 1.2 for k, v in low.items()}
@@ -149,7 +188,7 @@ def test_floor_report_arithmetic():
 
 
 def test_floor_cli_runs_small(tmp_path, capsys):
-    from lightning_gait import bench_floor
+    from benchmarks import bench_floor
 
     out = tmp_path / "floor.json"
     result = bench_floor.main(["--width", "32", "--batch", "16", "--dtypes", "float64", "--repeats", "2",

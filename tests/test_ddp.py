@@ -271,7 +271,7 @@ def test_datamodule_splits_its_own_order_over_the_ranks(records, tiny_cifar_root
     dm = CIFAR10DataModule(data_dir=str(tiny_cifar_root), download=False, verify_checksums=False, val_size=64)
     dm.setup("fit")
     images = dm.data_train.images
-    per_rank, steps_per_epoch = 32, len(images) // 64
+    steps_per_epoch = len(images) // 64  # two ranks of 32
     assert len(r0["batches"]) == len(r1["batches"]) == 2 * steps_per_epoch
     orders = []
     for epoch in range(2):

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import csv
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
+from experiments import correlation, orthogonality, training
+from experiments.common import build_regime, model_args, net_args, regime_cli
+from lightning_gait import InvertibleMLP
 from lightning_gait.diagnostics import backprop_gradients, gradient_alignment, orthogonality_deviation
-from lightning_gait.experiments import correlation, orthogonality, training
-from lightning_gait.experiments.common import build_rule, load_config
 
 
 @pytest.fixture(scope="module")
@@ -49,16 +49,31 @@ def test_fig2b_variants_behave_as_the_paper_says(small_rows):
 
 def test_fig2b_rows_are_the_alignment_of_the_rules_update(small_rows):
     rows, (images, labels) = small_rows
-    net = correlation.make_network(0, width=32, depth=6)
+    rule = correlation.build_variant(correlation.VARIANTS[0], form="absolute", seed=0, width=32, depth=6).double()
     x = correlation.to_inputs(images, torch.float64)
-    rule = correlation.build_variant(correlation.VARIANTS[0], net, form="absolute")
     updates = rule.local_gradients(x, labels)
-    reference = backprop_gradients(net, x, labels)
+    reference = backprop_gradients(rule.net, x, labels)
     for k in (1, 4, 7):
         expected = gradient_alignment(updates[k - 1][0], reference[k - 1][0])
         (row,) = [r for r in rows if (r["variant"], r["dtype"], r["form"], r["layer"]) == ("GAIT", "float64", "paper", k)]
         assert row["corr"] == pytest.approx(expected["corr"], abs=1e-12)
         assert row["angle"] == pytest.approx(expected["angle"], abs=1e-9)
+
+
+def test_variants_of_a_network_are_fits_network_under_its_seed():
+    """Network j of every variant is what fit draws under --seed_everything j; only the activation differs."""
+    torch.manual_seed(3)
+    expected = InvertibleMLP(in_features=3072, width=16, depth=2, num_classes=10)
+    for variant in (*correlation.VARIANTS, *correlation.REFERENCES):
+        rule = correlation.build_variant(variant, form="difference", seed=3, width=16, depth=2)
+        assert [k for k, _ in rule.net.state_dict().items()] == [k for k in expected.state_dict()]
+        assert all(torch.equal(a, b) for a, b in zip(rule.net.state_dict().values(), expected.state_dict().values()))
+        if variant.target_forms:
+            assert rule.target_mode == "difference"
+    fa = correlation.build_variant(correlation.REFERENCES[1], seed=3, width=16, depth=2)
+    assert fa.feedback_seed == 3 and fa.net.square_output
+    with pytest.raises(ValueError, match="form"):
+        correlation.build_variant(correlation.VARIANTS[0], form=None)
 
 
 def test_summary_statistics_and_nan_are_kept():
@@ -108,7 +123,7 @@ def test_correlation_command_rejects_bad_options(argv, message, tmp_path, capsys
 
 
 def test_perturbation_grows_the_deviation_and_lowers_the_correlation():
-    net = correlation.make_network(0, width=32, depth=3)
+    net = correlation.build_variant(correlation.VARIANTS[1], form="absolute", seed=0, width=32, depth=3).net.double()
     directions = orthogonality.draw_directions(net, 0)
     assert directions[0] is None and all(d is not None for d in directions[1:])
     unchanged = orthogonality.perturb(net, directions, 0.0)
@@ -138,15 +153,22 @@ def test_orthogonality_command(tiny_cifar_root, tmp_path):
     assert orthogonality.main(["--scales", "-1", "--out", str(tmp_path)]) == 2
 
 
-def test_regimes_use_their_configs_hyperparameters():
-    rule = build_rule("fa")
-    init = load_config("fa")["model"]["init_args"]
-    assert rule.lr == init["lr"] and rule.betas == tuple(init["betas"]) and rule.adam_eps == init["adam_eps"]
-    gait = build_rule("gait_smooth_norm")
-    assert gait.normalize and gait.eta == 1e-7 and gait.ortho_weight == 100.0
-    assert gait.net.activation_name == "smooth_leaky_relu" and gait.net.width == 500
+def test_regimes_come_from_fits_parser():
+    """A regime is its config as fit parses it; overrides are fit's own flags."""
+    fa = build_regime("fa")
+    assert (fa.lr, fa.betas, fa.adam_eps, fa.ortho_weight) == (2.5e-5, (0.9, 0.99), 1e-4, 0.0)
+    assert not fa.net.square_output and fa.net.width == 500
+    gait = build_regime("gait_smooth_norm")
+    assert gait.normalize and gait.eta == 1e-7 and gait.ortho_weight == 100.0 and gait.target_mode == "absolute"
+    assert gait.net.activation_name == "smooth_leaky_relu" and (gait.net.width, gait.net.depth) == (500, 6)
+    small = build_regime("gait_norm", *model_args(target_mode="difference", ortho_weight=0),
+                         *net_args(width=24, depth=2, square_output=True))
+    assert small.target_mode == "difference" and small.ortho_weight == 0.0
+    assert (small.net.width, small.net.depth, small.net.in_features, small.net.num_classes) == (24, 2, 3072, 10)
+    cli = regime_cli("bp", "--trainer.precision", "32-true")
+    assert cli.trainer.precision == "32-true" and cli.trainer.loggers == [] and cli.datamodule.batch_size == 256
     with pytest.raises(ValueError, match="regime"):
-        load_config("sgd")
+        build_regime("sgd")
 
 
 def test_training_command_records_test_accuracy(tiny_cifar_root, tmp_path):
@@ -160,12 +182,9 @@ def test_training_command_records_test_accuracy(tiny_cifar_root, tmp_path):
     assert [int(r["step"]) for r in runs["gait_norm"]] == [0, 1, 2]
 
     # epoch 0 is the untrained network of the same seed on the (tiny) test set
-    torch.manual_seed(0)
-    import pytorch_lightning as pl
     from lightning_gait.data import CIFAR10DataModule
 
-    pl.seed_everything(0, verbose=False)
-    rule = build_rule("bp").double()
+    rule = build_regime("bp", seed=0).double()
     dm = CIFAR10DataModule(data_dir=str(tiny_cifar_root), download=False, val_size=0, verify_checksums=False)
     dm.setup("fit")
     x = dm.preprocess(dm.data_test.images, torch.float64)
@@ -199,7 +218,7 @@ def test_tracked_training_records_orthogonality_and_alignment(tiny_cifar_root, t
 
 
 def test_report_tables_come_from_the_csvs(tmp_path, capsys):
-    from lightning_gait.experiments import report
+    from experiments import report
 
     summary = [{"variant": "GAIT-N", "dtype": "float64", "form": "paper", "layer": k, "corr_mean": 0.99993,
                 "corr_std": 1e-5, "corr_median": 0.999991, "corr_min": 0.99991} for k in (1, 2)]

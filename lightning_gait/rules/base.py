@@ -225,6 +225,10 @@ class LocalLearningRule(pl.LightningModule):
                 f"at global step {self.global_step} of {type(self).__name__}"
             )
 
+    def reset_rule_state(self) -> None:
+        """Redraw random state the rule owns (none here; FA's feedback matrices) from its
+        seed, in the network's current dtype, as if the rule had been built on it."""
+
     # ------------------------------------------------------------------ Lightning hooks
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)

@@ -39,12 +39,25 @@ class FeedbackAlignment(LocalLearningRule):
     ) -> None:
         super().__init__(net, lr=lr, betas=betas, adam_eps=adam_eps, ortho_weight=ortho_weight, **kwargs)
         self.feedback_seed = int(feedback_seed)
+        for i, b in self._draw_feedback().items():
+            self.register_buffer(f"feedback_{i}", b, persistent=True)
+
+    def _draw_feedback(self):
+        """``{layer index: B_l}`` drawn from ``feedback_seed`` in the dtype of each layer's matrix."""
         generator = torch.Generator().manual_seed(self.feedback_seed)
-        for i in range(1, net.num_layers):  # nothing is sent below layer 1
-            matrix = net.view(i).matrix
+        drawn = {}
+        for i in range(1, self.net.num_layers):  # nothing is sent below layer 1
+            matrix = self.net.view(i).matrix
             b = torch.empty(matrix.shape, dtype=matrix.dtype)
             torch.nn.init.orthogonal_(b, generator=generator)
-            self.register_buffer(f"feedback_{i}", b.to(matrix), persistent=True)
+            drawn[i] = b.to(matrix)
+        return drawn
+
+    @torch.no_grad()
+    def reset_rule_state(self) -> None:
+        """Redraw the feedback matrices from ``feedback_seed`` in the network's current dtype."""
+        for i, b in self._draw_feedback().items():
+            self.feedback(i).copy_(b)
 
     def feedback(self, index: int) -> Tensor:
         return getattr(self, f"feedback_{index}")

@@ -1,4 +1,4 @@
-"""``python -m lightning_gait.experiments.report``: the README's result tables, from the CSVs.
+"""``python -m experiments.report``: the README's result tables, from the CSVs.
 
 Prints Markdown tables built only from the files the experiment commands wrote into
 ``--out`` (``results/``), so that the numbers in the README are the committed ones:
@@ -13,7 +13,7 @@ import argparse
 import math
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 from .correlation import PANELS, read_csv
 from .training import read_runs, summarize_runs
@@ -64,7 +64,7 @@ def training_table(runs) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lightning_gait.experiments.report",
+    parser = argparse.ArgumentParser(prog="python -m experiments.report",
                                      description="Markdown tables of the results CSVs.")
     parser.add_argument("--out", default="results", help="folder the experiment commands wrote into")
     args = parser.parse_args(argv)

@@ -1,13 +1,14 @@
-"""``python -m lightning_gait.experiments.training``: the paper's Fig. 2A, test accuracy over training.
+"""``python -m experiments.training``: the paper's Fig. 2A, test accuracy over training.
 
-Trains every regime (BP, BP-S, GAIT, GAIT-N, GAIT-S, GAIT-SN, FA, TP) with the
-hyperparameters of its config in ``conf/`` (float64, batch 256, Adam; see
-``docs/gait-prop.md``, "Reference hyperparameters") on CIFAR-10, through the library's
-own path: the rule's LightningModule, :class:`~lightning_gait.data.CIFAR10DataModule`
-with ``val_size=0`` (so Lightning's validation loop evaluates the test set, as the
-reference code did) and a ``pytorch_lightning.Trainer``. Every regime gets the same
-number of epochs and the same seed (so the same initial weights wherever the
-architectures agree, and the same data order).
+Trains every regime (BP, BP-S, GAIT, GAIT-N, GAIT-S, GAIT-SN, FA, TP) as its config in
+``conf/`` describes it (float64, batch 256, Adam; see ``docs/gait-prop.md``, "Reference
+hyperparameters") on CIFAR-10: the rule and the
+:class:`~lightning_gait.data.CIFAR10DataModule` come from fit's own parser
+(:func:`~experiments.common.regime_cli`, with ``--data.val_size 0``, so that Lightning's
+validation loop evaluates the test set, as the reference code did), and a
+``pytorch_lightning.Trainer`` in the config's precision runs them. Every regime gets the
+same number of epochs and the same seed (``--seed_everything``: the same initial
+weights wherever the architectures agree, and the same data order).
 
 Writes, into ``--out`` (default ``results/``):
 
@@ -23,7 +24,7 @@ Writes, into ``--out`` (default ``results/``):
 
 The paper's full run (200 epochs) on a GPU::
 
-    python -m lightning_gait.experiments.training --data-dir ../shared/data --epochs 200 --accelerator gpu
+    python -m experiments.training --data-dir ../shared/data --epochs 200 --accelerator gpu
 
 ``--plot-only`` redraws the figure from the CSVs already in ``--out``.
 """
@@ -40,7 +41,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from .common import DEFAULT_DATA_DIR, REGIMES, build_rule, check_data_dir, close_figure, label, load_config
+from .common import DEFAULT_DATA_DIR, REGIMES, check_data_dir, close_figure, data_args, label, regime_cli
 
 __all__ = ["EvaluationRecorder", "train_regime", "run", "read_runs", "summarize_runs", "plot_training", "main"]
 
@@ -135,7 +136,7 @@ class EvaluationRecorder:
 
             def _alignment(self, trainer, pl_module) -> Dict[str, float]:
                 """``ortho_dev`` (mean over square layers) and ``bp_corr_layer_{k}`` on the fixed batch."""
-                from ..diagnostics import orthogonality_metrics, rule_alignment
+                from lightning_gait.diagnostics import orthogonality_metrics, rule_alignment
 
                 images, labels = self.track_batch
                 param = next(pl_module.parameters())
@@ -198,22 +199,12 @@ def train_regime(
     ``batch_size`` images of the training set.
     """
     pl = _import_pl()
-    from ..data import CIFAR10DataModule
-    from ..targets import NonFiniteError
+    from lightning_gait.targets import NonFiniteError
 
-    config = load_config(regime)
-    precision = precision or str(config["trainer"].get("precision", "64-true"))
-    data_cfg = config["data"]["init_args"]
-    pl.seed_everything(seed, workers=True, verbose=False)
-    rule = build_rule(regime)
-    datamodule = CIFAR10DataModule(
-        data_dir=str(data_dir),
-        download=False,
-        batch_size=int(data_cfg.get("batch_size", 256)),
-        val_size=0,
-        shuffle_seed=seed,
-        verify_checksums=verify_checksums,
-    )
+    cli = regime_cli(regime, *data_args(data_dir=data_dir, download=False, val_size=0, shuffle_seed=seed,
+                                        verify_checksums=verify_checksums), seed=seed)
+    rule, datamodule = cli.model, cli.datamodule
+    precision = precision or str(cli.trainer.precision)
     datamodule.setup("fit")
     full_epoch = math.ceil(len(datamodule.data_train) / datamodule.batch_size)
     batches_per_epoch = full_epoch if limit_train_batches is None else min(full_epoch, int(limit_train_batches))
@@ -408,7 +399,7 @@ def _parse_regimes(text: str) -> List[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m lightning_gait.experiments.training",
+        prog="python -m experiments.training",
         description="Fig. 2A: train every regime on CIFAR-10 and plot test accuracy against epoch.",
         epilog="Full paper run on a GPU: --epochs 200 --accelerator gpu",
     )

@@ -1,4 +1,4 @@
-"""``python -m lightning_gait.experiments.headline``: GAIT-N against backprop, causes separated.
+"""``python -m experiments.headline``: GAIT-N against backprop, causes separated.
 
 Each named run is one ``python -m lightning_gait.fit`` command: a regime config from
 ``conf/`` plus the overrides that make the run what its name says, on the real CIFAR-10
@@ -24,10 +24,10 @@ continues to 200). ``sync`` copies each run's ``metrics.csv`` to
 
 Commands::
 
-    python -m lightning_gait.experiments.headline run bp gait_norm --seeds 0 1 --epochs 20
-    python -m lightning_gait.experiments.headline run gait_norm --seeds 0 --epochs 200
-    python -m lightning_gait.experiments.headline sync
-    python -m lightning_gait.experiments.headline report
+    python -m experiments.headline run bp gait_norm --seeds 0 1 --epochs 20
+    python -m experiments.headline run gait_norm --seeds 0 --epochs 200
+    python -m experiments.headline sync
+    python -m experiments.headline report
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from .common import CONF_DIR, DEFAULT_DATA_DIR
+from .common import DEFAULT_DATA_DIR
 
 #: run name -> (regime config in conf/, extra CLI overrides, label)
 RUNS: Dict[str, tuple] = {
@@ -77,7 +77,7 @@ def fit_command(name: str, *, seed: int, epochs: int, data_dir: str, outputs: Pa
     config, overrides, _ = RUNS[name]
     rid = run_id(name, seed)
     cmd = [
-        sys.executable, "-m", "lightning_gait.fit", "--config", str(CONF_DIR / f"{config}.yaml"), *overrides,
+        sys.executable, "-m", "lightning_gait.fit", "--config", config, *overrides,
         "--seed_everything", str(seed),
         "--data.data_dir", data_dir, "--data.download", "false", "--data.val_size", "0",
         "--data.shuffle_seed", str(seed),
@@ -183,7 +183,7 @@ def _run_queue(names: Sequence[str], seeds: Sequence[int], epochs: int, data_dir
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lightning_gait.experiments.headline", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m experiments.headline", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train the named runs in turn (resuming each from its last.ckpt)")
     run.add_argument("names", nargs="+", choices=list(RUNS))

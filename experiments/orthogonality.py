@@ -1,4 +1,4 @@
-"""``python -m lightning_gait.experiments.orthogonality``: correlation with BP as weights leave orthogonality.
+"""``python -m experiments.orthogonality``: correlation with BP as weights leave orthogonality.
 
 GAIT-prop's update equals backprop's when every inverted layer is orthogonal
 (``W^-1 = W^T``, ``docs/gait-prop.md``, "Why it equals BP"); training keeps the weights
@@ -6,8 +6,9 @@ near orthogonal only through the penalty ``ortho_weight * ||W W^T - I||_F^2``. T
 study measures what a given distance from orthogonality costs, with controlled
 perturbations of untrained orthogonal networks:
 
-* network ``j`` (``--nets``, 5) is the orthogonal network of Fig. 2B (seed ``seed + j``)
-  with its batch ``j`` of 256 CIFAR-10 training images (same order as Fig. 2B);
+* network ``j`` (``--nets``, 5) is the orthogonal network of Fig. 2B (the one ``fit``
+  draws under ``--seed_everything seed + j``) with its batch ``j`` of 256 CIFAR-10
+  training images (same order as Fig. 2B);
 * every square layer (2..L) gets ``W -> W + s * E``, ``E`` with i.i.d. ``N(0, 1/n)``
   entries (``n`` = 500, the layer's width), one fixed draw ``E`` per network and layer
   (seed ``10_000 + seed + j``) scaled by each ``s`` in ``--scales``, so that only the size
@@ -15,8 +16,10 @@ perturbations of untrained orthogonal networks:
   left as it is;
 * x: ``||W W^T - I||_F / sqrt(n)`` averaged over the square layers
   (:func:`lightning_gait.diagnostics.orthogonality_deviation`; about ``sqrt(2) (s + s^2)``);
-* y: per-layer Pearson correlation of the GAIT-N and GAIT-SN updates (float64, the
-  paper's form by default) with backprop's gradient on the perturbed network
+* y: per-layer Pearson correlation of the GAIT-N and GAIT-SN updates (regimes
+  ``gait_norm`` and ``gait_smooth_norm``, built by
+  :func:`~experiments.correlation.build_variant`, float64, the paper's form by default)
+  with backprop's gradient on the perturbed network
   (:func:`lightning_gait.diagnostics.gradient_alignment`).
 
 Writes ``orthogonality_drift.csv`` (one row per variant, form, scale, network and layer)
@@ -26,6 +29,7 @@ deviation, one line per layer, mean over networks with min-max error bars) into 
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import statistics
 import sys
@@ -36,7 +40,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ..diagnostics import backprop_gradients, orthogonality_deviation
+from lightning_gait.diagnostics import backprop_gradients, orthogonality_deviation
+
 from .common import DEFAULT_DATA_DIR, check_data_dir, close_figure
 from .correlation import (
     FORM_NAMES,
@@ -44,10 +49,8 @@ from .correlation import (
     alignment_rows,
     build_variant,
     load_batches,
-    make_network,
     read_csv,
     to_inputs,
-    with_activation,
     write_csv,
 )
 
@@ -56,14 +59,13 @@ __all__ = ["DEFAULT_SCALES", "perturb", "measure_drift", "run_drift", "plot_drif
 DEFAULT_SCALES = (0.0, 0.003, 0.01, 0.03, 0.1, 0.2, 0.3, 0.5)
 DRIFT_COLUMNS = ("variant", "form", "dtype", "scale", "net", "layer", "ortho_layer", "ortho_mean", "corr", "angle",
                  "norm_ratio", "status")
-DRIFT_VARIANTS = tuple(v for v in VARIANTS if v.normalize)  # GAIT-N, GAIT-SN
+#: the variants measured: GAIT-N and GAIT-SN
+DRIFT_VARIANTS = tuple(v for v in VARIANTS if v.regime in ("gait_norm", "gait_smooth_norm"))
 
 
 @torch.no_grad()
 def perturb(net, directions: Sequence[Optional[Tensor]], scale: float):
     """A copy of ``net`` whose square layers' weights are ``W + scale * E`` (``directions[i]`` = E)."""
-    import copy
-
     other = copy.deepcopy(net)
     for i, e in enumerate(directions):
         if e is not None:
@@ -91,40 +93,41 @@ def measure_drift(
     scales: Sequence[float] = DEFAULT_SCALES,
     forms: Sequence[str] = ("absolute",),
     seed: int = 0,
-    width: int = 500,
-    depth: int = 6,
+    width: Optional[int] = None,
+    depth: Optional[int] = None,
 ) -> List[Dict[str, object]]:
     """Rows of network ``j`` at every scale, for GAIT-N and GAIT-SN, in float64."""
     images, labels = batch
     x = to_inputs(images, torch.float64)
-    base = make_network(seed + j, width=width, depth=depth, in_features=images.shape[1])
+    built = {(variant, form): build_variant(variant, form=form, seed=seed + j, width=width, depth=depth).double()
+             for variant in DRIFT_VARIANTS for form in forms}
+    base = next(iter(built.values())).net  # every variant of network j has these weights
     directions = draw_directions(base, 10_000 + seed + j)
     rows: List[Dict[str, object]] = []
     for scale in scales:
         perturbed = perturb(base, directions, scale)
         ortho = {i: orthogonality_deviation(perturbed.layers[i].weight) for i in perturbed.square_layer_indices}
         ortho_mean = statistics.fmean(ortho.values())
-        nets = {"leaky_relu": perturbed}
-        for variant in DRIFT_VARIANTS:
-            if variant.activation not in nets:
-                nets[variant.activation] = with_activation(perturbed, variant.activation)
-        references = {act: backprop_gradients(net, x, labels) for act, net in nets.items()}
-        for variant in DRIFT_VARIANTS:
-            for form in forms:
-                rule = build_variant(variant, nets[variant.activation], form=form)
-                per_layer, status = alignment_rows(rule, x, labels, references[variant.activation])
-                for i, values in enumerate(per_layer):
-                    rows.append({
-                        "variant": variant.name, "form": FORM_NAMES[form], "dtype": "float64", "scale": scale,
-                        "net": j, "layer": i + 1, "ortho_layer": ortho.get(i, math.nan), "ortho_mean": ortho_mean,
-                        "corr": values["corr"], "angle": values["angle"], "norm_ratio": values["norm_ratio"],
-                        "status": status,
-                    })
+        references: Dict[str, list] = {}  # per activation
+        for (variant, form), template in built.items():
+            rule = copy.deepcopy(template)
+            rule.net.load_state_dict(perturbed.state_dict())
+            activation = rule.net.activation_name
+            if activation not in references:
+                references[activation] = backprop_gradients(rule.net, x, labels)
+            per_layer, status = alignment_rows(rule, x, labels, references[activation])
+            for i, values in enumerate(per_layer):
+                rows.append({
+                    "variant": variant.name, "form": FORM_NAMES[form], "dtype": "float64", "scale": scale,
+                    "net": j, "layer": i + 1, "ortho_layer": ortho.get(i, math.nan), "ortho_mean": ortho_mean,
+                    "corr": values["corr"], "angle": values["angle"], "norm_ratio": values["norm_ratio"],
+                    "status": status,
+                })
     return rows
 
 
-def run_drift(batches, *, scales=DEFAULT_SCALES, forms=("absolute",), seed: int = 0, width: int = 500,
-              depth: int = 6, log=print) -> List[Dict[str, object]]:
+def run_drift(batches, *, scales=DEFAULT_SCALES, forms=("absolute",), seed: int = 0, width: Optional[int] = None,
+              depth: Optional[int] = None, log=print) -> List[Dict[str, object]]:
     rows: List[Dict[str, object]] = []
     for j, batch in enumerate(batches):
         start = time.perf_counter()
@@ -153,14 +156,10 @@ def drift_curves(rows: Sequence[Dict[str, object]], variant: str, form: str = "p
     return curves
 
 
-#: training regimes whose tracked runs are drawn over the perturbation curves of a variant
-TRAINED_REGIMES = {"GAIT-N": "gait_norm", "GAIT-SN": "gait_smooth_norm"}
-
-
 def read_trained(folder: Path) -> Dict[str, List[Dict[str, object]]]:
     """``regime -> rows`` of ``training --track-alignment`` runs (``ortho_dev``, ``bp_corr_layer_k``)."""
     out = {}
-    for regime in TRAINED_REGIMES.values():
+    for regime in (v.regime for v in DRIFT_VARIANTS):
         path = Path(folder) / f"{regime}.csv"
         if path.is_file():
             rows = read_csv(path)
@@ -178,12 +177,13 @@ def plot_drift(rows: Sequence[Dict[str, object]], path: Optional[Path] = None, *
     """
     import matplotlib.pyplot as plt
 
-    variants = [v.name for v in DRIFT_VARIANTS if any(r["variant"] == v.name for r in rows)]
+    variants = [v for v in DRIFT_VARIANTS if any(r["variant"] == v.name for r in rows)]
     if not variants:
         raise ValueError("no GAIT-N / GAIT-SN rows to plot")
     fig, axes = plt.subplots(2, len(variants), figsize=(5.6 * len(variants), 7.0), squeeze=False)
     cmap = plt.get_cmap("viridis")
-    for col, name in enumerate(variants):
+    for col, variant in enumerate(variants):
+        name = variant.name
         curves = drift_curves(rows, name, form)
         layers = sorted(curves)
         for k, layer in enumerate(layers):
@@ -197,7 +197,7 @@ def plot_drift(rows: Sequence[Dict[str, object]], path: Optional[Path] = None, *
                                   label=f"layer {layer}")
             one_minus = [max(1.0 - m, 1e-17) if not math.isnan(m) else math.nan for m in mk]
             axes[1, col].plot(xk, one_minus, marker="o", markersize=3, color=color, label=f"layer {layer}")
-            for r in (trained or {}).get(TRAINED_REGIMES.get(name, ""), []):
+            for r in (trained or {}).get(variant.regime, []):
                 value = r.get(f"bp_corr_layer_{layer}")
                 if float(r["epoch"]) > 0 and isinstance(value, float):
                     axes[0, col].plot([r["ortho_dev"]], [value], marker="x", color=color, linestyle="none")
@@ -225,7 +225,7 @@ def plot_drift(rows: Sequence[Dict[str, object]], path: Optional[Path] = None, *
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m lightning_gait.experiments.orthogonality",
+        prog="python -m experiments.orthogonality",
         description="Correlation of GAIT-N / GAIT-SN with BP as the weights drift from orthogonality.",
     )
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
@@ -237,8 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scales", default=",".join(str(s) for s in DEFAULT_SCALES),
                         help="comma-separated perturbation sizes s (W -> W + s N(0, 1/n))")
     parser.add_argument("--forms", default="paper", help="comma-separated: paper, difference")
-    parser.add_argument("--width", type=int, default=500)
-    parser.add_argument("--depth", type=int, default=6)
+    parser.add_argument("--width", type=int, default=None, help="network width (default: the configs')")
+    parser.add_argument("--depth", type=int, default=None, help="number of hidden layers (default: the configs')")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 networks, batch 32, width 64, depth 3")
     parser.add_argument("--no-verify-checksums", action="store_true", help="for generated (test) datasets")
     parser.add_argument("--trained", default=None,

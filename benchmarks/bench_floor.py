@@ -1,8 +1,8 @@
-"""``python -m lightning_gait.bench_floor``: how cheap a GAIT step could be on this machine.
+"""``python -m benchmarks.bench_floor``: how cheap a GAIT step could be on this machine.
 
 **The model.** A GAIT-prop step does what a backprop step does (forward pass, one
-weight-gradient product per layer, the optimizer step; the split of
-``python -m lightning_gait.bench`` measures these equal for both rules) except at the
+weight-gradient product per layer, the optimizer step; the forward and optimizer ranges
+of ``python -m benchmarks.bench``'s split are the same for both rules) except at the
 square layers, where backprop's input-gradient product ``dL/da_{l-1} = dL/dz_l W_l^T``
 (one ``N x n x n`` product) is replaced by a solve ``x = r W_l^-1`` with the current
 weights. Assuming GAIT's shared work costs at least backprop's and leaving out all
@@ -36,10 +36,11 @@ subtracted terms the slower, so each ``delta`` is on the low side.
   - ``cached_mixed`` (float64 runs): products with ``M`` in float32, residuals in
     float64, upkeep free: ``delta = t32 - t64 + c (t64 + t32)``.
 
-**The tolerance.** The issue's bound is 1e-6 relative to the exact-inverse update. In
-float32 no second method can meet that literally: float32 LU itself is 1.2e-5 (median)
-from the float64 result, and two float32 solvers differ by that much, so the float32
-rows use 1e-5 ("as accurate as float32 LU"), which lets one refinement suffice.
+**The tolerance.** The documented bound of ``inverse="cached"`` is 1e-6 relative to the
+exact-inverse update. In float32 no second method can meet that literally: float32 LU
+itself is 1.2e-5 (median) from the float64 result, and two float32 solvers differ by that
+much, so the float32 rows use 1e-5 ("as accurate as float32 LU"), which lets one
+refinement suffice.
 
 It prints the floors at each depth, the largest ``delta`` a 1.3x step at depth 6 allows,
 and the largest ``delta`` that keeps the ratio at depth 12 within 10% of the ratio at
@@ -61,7 +62,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from .bench import VARIANTS, StepRunner, _sync
+from .variants import VARIANTS, StepRunner, sync
 
 __all__ = ["measure_primitives", "measure_backprop", "floor_report", "format_floor", "main",
            "DRIFT_PER_STEP", "TOLERANCE"]
@@ -75,12 +76,12 @@ TOLERANCE = {"float64": 1e-6, "float32": 1e-5}
 def _median_ms(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> float:
     for _ in range(warmup):
         fn()
-    _sync(device)
+    sync(device)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - start)
     return 1e3 * statistics.median(times)
 
@@ -93,10 +94,10 @@ def _round_robin_ms(fns: Dict, device: torch.device, repeats: int, warmup: int) 
     samples: Dict[object, List[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for key, fn in fns.items():
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             fn()
-            _sync(device)
+            sync(device)
             samples[key].append(1e3 * (time.perf_counter() - start))
     return {k: statistics.median(v) for k, v in samples.items()}
 
@@ -128,12 +129,15 @@ def measure_primitives(width: int, batch: int, dtype: torch.dtype, device: torch
             "high": {k: max(alone[k], interleaved[k]) for k in ops}}
 
 
-def measure_backprop(width: int, depths: Sequence[int], batch: int, in_features: int, dtype: torch.dtype,
+def measure_backprop(width: int, depths: Sequence[int], batch: int, in_features: Optional[int], dtype: torch.dtype,
                      device: torch.device, *, repeats: int = 15, warmup: int = 3, seed: int = 0) -> Dict[int, float]:
-    """Median ms of a full backprop step (``local_gradients`` + Adam) at each depth, interleaved."""
+    """Median ms of a full backprop step (``local_gradients`` + Adam) at each depth, interleaved.
+
+    ``in_features`` ``None``: the config's input size.
+    """
     runners = {
         d: StepRunner(VARIANTS["backprop"], width=width, depth=d, batch=batch, in_features=in_features,
-                      num_classes=10, dtype=dtype, device=device, seed=seed)
+                      dtype=dtype, device=device, seed=seed)
         for d in depths
     }
     return _round_robin_ms({d: runner.step for d, runner in runners.items()}, device, repeats, warmup)
@@ -245,7 +249,7 @@ def format_floor(result: dict) -> str:
 
 
 def run(*, devices: Sequence[str], dtypes: Sequence[str], width: int = 500, batch: int = 256,
-        in_features: int = 3072, depths: Sequence[int] = (2, 6, 12), repeats: int = 15,
+        in_features: Optional[int] = None, depths: Sequence[int] = (2, 6, 12), repeats: int = 15,
         drift: float = DRIFT_PER_STEP, log: Callable[[str], None] = print) -> dict:
     try:
         load_start = [round(x, 2) for x in os.getloadavg()]
@@ -279,7 +283,7 @@ def run(*, devices: Sequence[str], dtypes: Sequence[str], width: int = 500, batc
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m lightning_gait.bench_floor", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_floor", description=__doc__.split("\n")[0])
     p.add_argument("--devices", nargs="+", default=None, help="cpu and/or cuda (default: cpu, and cuda if present)")
     p.add_argument("--dtypes", nargs="+", default=["float64", "float32"])
     p.add_argument("--width", type=int, default=500)

@@ -1,20 +1,22 @@
-"""``python -m lightning_gait.experiments.correlation``: the paper's Fig. 2B.
+"""``python -m experiments.correlation``: the paper's Fig. 2B.
 
 Per layer, how well each rule's weight update agrees with backprop's on untrained
 orthogonal ``3072 -> 6 x 500`` networks (``docs/gait-prop.md``, "The correlation metric"):
 
-* networks: ``--nets`` (10) random :class:`~lightning_gait.InvertibleMLP` (orthogonal
-  weights, zero biases, square output layer), network ``j`` drawn under
-  ``torch.manual_seed(seed + j)``. The leaky-ReLU and SL-ReLU variants of network ``j``
-  have the very same weights (only the activation differs);
+* variants: the regimes of ``conf/`` as :func:`~experiments.common.build_regime` builds
+  them: GAIT (``gait``: leaky ReLU, fixed gamma), GAIT-N (``gait_norm``: normalized
+  targets), GAIT-S (``gait_smooth``: SL-ReLU, fixed gamma), GAIT-SN (``gait_smooth_norm``);
+  TP (``tp``, exact inverse) and FA (``fa`` on the same square-output network, feedback
+  seed ``seed + j``) as references. Their hyperparameters are their configs';
+* networks: ``--nets`` (10); network ``j`` is the network that ``fit`` starts from under
+  ``--seed_everything seed + j`` (orthogonal weights, zero biases, square output layer).
+  Every variant of network ``j`` has the very same weights (only the activation differs);
 * data: network ``j`` sees batch ``j`` of CIFAR-10's training set in a fixed random
   order (``torch.randperm`` under seed ``seed``): images ``perm[j*B : (j+1)*B]``, pixels
   divided by 255 as in training, ``B = --batch-size`` (256);
-* variants: GAIT (leaky ReLU, fixed gamma 1e-3), GAIT-N (leaky ReLU, normalized targets,
-  eta 1e-7), GAIT-S (SL-ReLU, fixed gamma), GAIT-SN (SL-ReLU, normalized); TP (exact
-  inverse) and FA (fixed random orthogonal feedback, seed ``seed + j``) as references;
-* regimes: float64 and float32, each with the paper's form (``target_mode="absolute"``)
-  and the difference form (``"difference"``); TP and FA have no form (``form="-"``);
+* regimes: float64 and float32 (the rule converted with ``.to(dtype)``, as ``fit``'s
+  precision does), each with the paper's form (``target_mode="absolute"``) and the
+  difference form (``"difference"``); TP and FA have no form (``form="-"``);
 * reference: backprop's gradient of the same summed cross-entropy, on the same network,
   in the same dtype, on the same batch, computed once per (network, activation, dtype)
   and reused by every variant;
@@ -45,11 +47,11 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ..diagnostics import backprop_gradients, gradient_alignment
-from ..networks import InvertibleMLP
-from ..rules import FeedbackAlignment, GAITProp, TargetProp
-from ..targets import NonFiniteError
-from .common import DEFAULT_DATA_DIR, check_data_dir, close_figure
+from lightning_gait.diagnostics import backprop_gradients, gradient_alignment
+from lightning_gait.rules import FeedbackAlignment, GAITProp, TargetProp
+from lightning_gait.targets import NonFiniteError
+
+from .common import DEFAULT_DATA_DIR, build_regime, check_data_dir, close_figure, label, model_args, net_args
 
 __all__ = [
     "Variant",
@@ -58,7 +60,6 @@ __all__ = [
     "FORMS",
     "DTYPES",
     "load_batches",
-    "make_network",
     "build_variant",
     "measure_network",
     "run_correlation",
@@ -71,6 +72,8 @@ FORMS = ("absolute", "difference")
 #: how the CSVs name the forms
 FORM_NAMES = {"absolute": "paper", "difference": "difference", None: "-"}
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
+#: the CSVs' short names of the rules
+RULE_NAMES = {GAITProp: "gait", TargetProp: "tp", FeedbackAlignment: "fa"}
 
 LONG_COLUMNS = ("variant", "rule", "activation", "gamma_mode", "dtype", "form", "net", "batch", "layer",
                 "corr", "cos", "angle", "norm_ratio", "status")
@@ -80,33 +83,27 @@ SUMMARY_COLUMNS = ("variant", "dtype", "form", "layer", "n_nets", "n_nan", "corr
 
 @dataclass(frozen=True)
 class Variant:
-    """One rule of the figure: its name, rule, activation and (for GAIT-prop) gamma mode."""
+    """One rule of the figure: a regime of ``conf/`` and the overrides that put it on the figure's network.
 
-    name: str
-    rule: str  # "gait", "tp" or "fa"
-    activation: str
-    normalize: bool = False
+    ``target_forms``: measured in both target forms (GAIT-prop); ``seed_arg``: the rule's
+    argument that takes the network's seed (FA's ``feedback_seed``).
+    """
+
+    regime: str
+    overrides: Tuple[str, ...] = ()
+    target_forms: bool = True
+    seed_arg: Optional[str] = None
 
     @property
-    def gamma_mode(self) -> str:
-        if self.rule != "gait":
-            return "-"
-        return "normalized" if self.normalize else "fixed"
+    def name(self) -> str:
+        return label(self.regime)
 
 
-VARIANTS = (
-    Variant("GAIT", "gait", "leaky_relu", normalize=False),
-    Variant("GAIT-N", "gait", "leaky_relu", normalize=True),
-    Variant("GAIT-S", "gait", "smooth_leaky_relu", normalize=False),
-    Variant("GAIT-SN", "gait", "smooth_leaky_relu", normalize=True),
-)
+VARIANTS = (Variant("gait"), Variant("gait_norm"), Variant("gait_smooth"), Variant("gait_smooth_norm"))
 REFERENCES = (
-    Variant("TP", "tp", "leaky_relu"),
-    Variant("FA", "fa", "leaky_relu"),
+    Variant("tp", target_forms=False),
+    Variant("fa", tuple(net_args(square_output=True)), target_forms=False, seed_arg="feedback_seed"),
 )
-#: the paper's hyperparameters of the GAIT-prop variants (conf/gait*.yaml)
-GAMMA = 1e-3
-ETA = 1e-7
 
 
 def load_batches(data_dir: Path, *, nets: int, batch_size: int, seed: int = 0,
@@ -116,7 +113,7 @@ def load_batches(data_dir: Path, *, nets: int, batch_size: int, seed: int = 0,
     Images ``perm[j*B : (j+1)*B]`` (``perm = torch.randperm(N)`` under ``seed``); on a set
     smaller than ``nets * B`` the order wraps around (batches then share images).
     """
-    from ..data import CIFAR10DataModule
+    from lightning_gait.data import CIFAR10DataModule
 
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
@@ -141,36 +138,30 @@ def to_inputs(images: Tensor, dtype: torch.dtype) -> Tensor:
     return images.to(dtype) / 255.0
 
 
-def make_network(seed: int, *, activation: str = "leaky_relu", width: int = 500, depth: int = 6,
-                 in_features: int = 3072) -> InvertibleMLP:
-    """A float64 orthogonal network drawn under ``torch.manual_seed(seed)`` (RNG state restored)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = InvertibleMLP(in_features=in_features, width=width, depth=depth, num_classes=10, activation=activation,
-                            square_output=True)
-    return net.to(torch.float64)
+def build_variant(variant: Variant, *, form: Optional[str] = None, seed: int = 0, width: Optional[int] = None,
+                  depth: Optional[int] = None):
+    """The rule of ``variant`` on the network ``fit`` draws under ``--seed_everything seed``.
 
-
-def with_activation(net: InvertibleMLP, activation: str) -> InvertibleMLP:
-    """The same weights under another hidden activation."""
-    other = InvertibleMLP(in_features=net.in_features, width=net.width, depth=net.depth,
-                          num_classes=net.num_classes, activation=activation, square_output=net.square_output)
-    other = other.to(next(net.parameters()).dtype)
-    other.load_state_dict(net.state_dict())
-    return other
-
-
-def build_variant(variant: Variant, net: InvertibleMLP, *, form: Optional[str], feedback_seed: int = 0):
-    """The rule of ``variant`` around ``net`` with the paper's hyperparameters."""
-    if variant.rule == "gait":
+    ``form`` is the target form of a GAIT-prop variant (one of :data:`FORMS`); ``width``
+    and ``depth`` override the config's network (``None``: the config's). The rule comes
+    in float32, as the CLI builds it; ``.to(dtype)`` converts it.
+    """
+    overrides = list(variant.overrides) + net_args(width=width, depth=depth)
+    if variant.target_forms:
         if form not in FORMS:
             raise ValueError(f"form must be one of {FORMS}, got {form!r}")
-        return GAITProp(net, gamma=GAMMA, normalize=variant.normalize, eta=ETA, target_mode=form)
-    if variant.rule == "tp":
-        return TargetProp(net)
-    if variant.rule == "fa":
-        return FeedbackAlignment(net, feedback_seed=feedback_seed)
-    raise ValueError(f"unknown rule {variant.rule!r} of variant {variant.name}")
+        overrides += model_args(target_mode=form)
+    if variant.seed_arg is not None:
+        overrides += model_args(**{variant.seed_arg: seed})
+    return build_regime(variant.regime, *overrides, seed=seed)
+
+
+def describe(rule) -> Dict[str, str]:
+    """The CSV's ``rule``, ``activation`` and ``gamma_mode`` of a built rule."""
+    gamma_mode = "-"
+    if isinstance(rule, GAITProp):
+        gamma_mode = "normalized" if rule.normalize else "fixed"
+    return {"rule": RULE_NAMES[type(rule)], "activation": rule.net.activation_name, "gamma_mode": gamma_mode}
 
 
 def alignment_rows(rule, x: Tensor, y: Tensor, reference) -> Tuple[List[Dict[str, float]], str]:
@@ -195,33 +186,34 @@ def measure_network(
     forms: Sequence[str] = FORMS,
     variants: Sequence[Variant] = VARIANTS,
     references: Sequence[Variant] = REFERENCES,
-    width: int = 500,
-    depth: int = 6,
+    width: Optional[int] = None,
+    depth: Optional[int] = None,
 ) -> List[Dict[str, object]]:
     """Every (variant, dtype, form) on network ``j`` and its batch; long-format rows.
 
     Backprop's gradient is computed once per (activation, dtype) and shared.
     """
     images, labels = batch
-    base = make_network(seed + j, width=width, depth=depth, in_features=images.shape[1])
-    nets64 = {act: (base if act == "leaky_relu" else with_activation(base, act))
-              for act in sorted({v.activation for v in (*variants, *references)})}
+    jobs = [(v, f) for v in variants for f in forms] + [(v, None) for v in references]
+    built = {job: build_variant(job[0], form=job[1], seed=seed + j, width=width, depth=depth) for job in jobs}
+    by_activation: Dict[str, list] = {}
+    for job, rule in built.items():
+        by_activation.setdefault(rule.net.activation_name, []).append(job)
     rows: List[Dict[str, object]] = []
     for dtype_name in dtypes:
         dtype = DTYPES[dtype_name]
         x = to_inputs(images, dtype)
-        for activation, net64 in nets64.items():
-            net = copy.deepcopy(net64).to(dtype)
-            reference = backprop_gradients(net, x, labels, loss_reduction="sum")
-            jobs = [(v, f) for v in variants if v.activation == activation for f in forms]
-            jobs += [(v, None) for v in references if v.activation == activation]
-            for variant, form in jobs:
-                rule = build_variant(variant, net, form=form, feedback_seed=seed + j)
+        for activation in sorted(by_activation):
+            reference = None
+            for variant, form in by_activation[activation]:
+                rule = copy.deepcopy(built[(variant, form)]).to(dtype)
+                rule.reset_rule_state()  # rule-owned random draws in the measured dtype
+                if reference is None:  # every variant of this activation has the same weights
+                    reference = backprop_gradients(rule.net, x, labels, loss_reduction="sum")
                 per_layer, status = alignment_rows(rule, x, labels, reference)
                 for i, values in enumerate(per_layer):
                     rows.append({
-                        "variant": variant.name, "rule": variant.rule, "activation": activation,
-                        "gamma_mode": variant.gamma_mode, "dtype": dtype_name, "form": FORM_NAMES[form],
+                        "variant": variant.name, **describe(rule), "dtype": dtype_name, "form": FORM_NAMES[form],
                         "net": j, "batch": j, "layer": i + 1, **values, "status": status,
                     })
     return rows
@@ -235,8 +227,8 @@ def run_correlation(
     forms: Sequence[str] = FORMS,
     variants: Sequence[Variant] = VARIANTS,
     references: Sequence[Variant] = REFERENCES,
-    width: int = 500,
-    depth: int = 6,
+    width: Optional[int] = None,
+    depth: Optional[int] = None,
     log=print,
 ) -> List[Dict[str, object]]:
     """:func:`measure_network` on every network ``j`` with ``batches[j]``."""
@@ -376,7 +368,7 @@ def plot_correlation(summary: Sequence[Dict[str, object]], path: Optional[Path] 
 
 
 def acceptance(summary: Sequence[Dict[str, object]], rows: Sequence[Dict[str, object]]) -> List[str]:
-    """The issue's checks of Fig. 2B, as human-readable lines (PASS/FAIL)."""
+    """The checks of Fig. 2B against the paper's claims, as human-readable lines (PASS/FAIL)."""
     lines = []
 
     def layers_of(variant, dtype, form):
@@ -408,7 +400,7 @@ def acceptance(summary: Sequence[Dict[str, object]], rows: Sequence[Dict[str, ob
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m lightning_gait.experiments.correlation",
+        prog="python -m experiments.correlation",
         description="Fig. 2B: per-layer correlation with backprop on untrained orthogonal networks.",
     )
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
@@ -418,8 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0, help="network j uses seed + j; the batch order uses seed")
     parser.add_argument("--dtypes", default="float64,float32", help="comma-separated: float64, float32")
-    parser.add_argument("--width", type=int, default=500)
-    parser.add_argument("--depth", type=int, default=6)
+    parser.add_argument("--width", type=int, default=None, help="network width (default: the configs')")
+    parser.add_argument("--depth", type=int, default=None, help="number of hidden layers (default: the configs')")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 networks, batch 32, width 64, depth 3")
     parser.add_argument("--no-verify-checksums", action="store_true", help="for generated (test) datasets")
     parser.add_argument("--plot-only", action="store_true", help="redraw the PNG from OUT/fig2b_summary.csv")

@@ -1,0 +1,152 @@
+"""What the benchmark times: its variants (regimes of ``conf/`` plus overrides) and one variant's step.
+
+Every variant is built by :func:`experiments.common.build_regime`, the path ``fit`` takes,
+on the same square-output network (``square_output=True`` for backprop too), so that the
+variants of one width and depth start from the same weights.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from experiments.common import build_regime, label, model_args, net_args
+from lightning_gait.networks import orthogonality_surrogate
+
+__all__ = ["Variant", "VARIANTS", "FULL_VARIANTS", "SWEEP_VARIANTS", "QUICK_VARIANTS", "LIGHTNING_VARIANTS",
+           "StepRunner", "sync", "same_batch_loader", "make_trainer"]
+
+_SQUARE = tuple(net_args(square_output=True))
+_NO_PENALTY = tuple(model_args(ortho_weight=0))
+_DIFFERENCE = tuple(model_args(target_mode="difference"))
+_CACHED = tuple(model_args(inverse="cached"))
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One timed rule: a regime of ``conf/``, the overrides that make the variant, its baseline."""
+
+    name: str
+    regime: str
+    overrides: Tuple[str, ...] = ()
+    suffix: str = ""  # what the label adds to the regime's figure label
+    baseline: str = "backprop"
+
+    @property
+    def label(self) -> str:
+        return label(self.regime) + self.suffix
+
+
+VARIANTS: Dict[str, Variant] = {
+    v.name: v
+    for v in [
+        Variant("backprop", "bp", _SQUARE),
+        Variant("backprop_s", "bp_smooth", _SQUARE, baseline="backprop_s"),
+        Variant("gait", "gait", _NO_PENALTY),
+        Variant("gait_n", "gait_norm", _NO_PENALTY),
+        Variant("gait_s", "gait_smooth", _NO_PENALTY, baseline="backprop_s"),
+        Variant("gait_sn", "gait_smooth_norm", _NO_PENALTY, baseline="backprop_s"),
+        Variant("gait_n_diff", "gait_norm", _NO_PENALTY + _DIFFERENCE, ", difference form"),
+        Variant("gait_n_cached", "gait_norm", _NO_PENALTY + _DIFFERENCE + _CACHED,
+                ", difference form, cached inverse"),
+        Variant("gait_n_penalty", "gait_norm", (), " + penalty"),
+        Variant("gait_n_diff_penalty", "gait_norm", _DIFFERENCE, ", difference form + penalty"),
+        Variant("gait_n_cached_penalty", "gait_norm", _DIFFERENCE + _CACHED,
+                ", difference form, cached inverse + penalty"),
+    ]
+}
+
+#: what the full benchmark times at the acceptance setting, and on the sweeps
+FULL_VARIANTS = list(VARIANTS)
+SWEEP_VARIANTS = ["backprop", "gait_n", "gait_n_diff", "gait_n_cached", "gait_n_penalty"]
+QUICK_VARIANTS = ["backprop", "gait_n", "gait_n_diff", "gait_n_cached", "gait_n_penalty"]
+LIGHTNING_VARIANTS = ["backprop", "gait_n", "gait_n_cached", "gait_n_penalty"]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class StepRunner:
+    """One variant's rule, optimizer and batch; :meth:`step` is the timed step.
+
+    The rule is built under ``seed`` (the network ``fit --seed_everything seed`` starts
+    from) with ``width`` and ``depth``; ``in_features`` and ``num_classes`` override the
+    config's sizes only when given. The batch is uniform noise and random labels.
+    """
+
+    def __init__(self, variant: Variant, *, width: int, depth: int, batch: int, dtype: torch.dtype,
+                 device: torch.device, seed: int, in_features: Optional[int] = None,
+                 num_classes: Optional[int] = None) -> None:
+        self.variant = variant
+        self.device = device
+        self.rule = build_regime(variant.regime, *variant.overrides,
+                                 *net_args(width=width, depth=depth, in_features=in_features,
+                                           num_classes=num_classes), seed=seed)
+        self.rule.to(device=device, dtype=dtype)
+        self.net = self.rule.net
+        self.optimizer = self.rule.configure_optimizers()
+        generator = torch.Generator().manual_seed(seed + 1)
+        self.x = torch.rand(batch, self.net.in_features, generator=generator, dtype=dtype).to(device)
+        self.y = torch.randint(0, self.net.num_classes, (batch,), generator=generator).to(device)
+        self.failed: Optional[str] = None
+
+    @property
+    def ortho_weight(self) -> float:
+        return self.rule.ortho_weight if self.net.square_layer_indices else 0.0
+
+    def install_gradients(self) -> None:
+        """The update ``training_step`` computes, into ``.grad``: the rule's ``local_gradients``
+        plus the gradient of the orthogonality surrogate (when ``ortho_weight > 0``)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        for (gw, gb), (weight, bias) in zip(self.rule.local_gradients(self.x, self.y), self.net.layer_parameters()):
+            weight.grad, bias.grad = gw, gb
+        if self.ortho_weight > 0:
+            surrogate, _ = orthogonality_surrogate(self.net)
+            (self.ortho_weight * surrogate).backward()  # adds to the installed .grad
+
+    def step(self) -> None:
+        """:meth:`install_gradients`, then one step of the rule's optimizer."""
+        self.install_gradients()
+        self.optimizer.step()
+
+    def state_bytes(self) -> int:
+        total = sum(p.numel() * p.element_size() for p in self.net.parameters())
+        for state in self.optimizer.state.values():
+            total += sum(v.numel() * v.element_size() for v in state.values() if isinstance(v, Tensor))
+        strategy = getattr(self.rule, "inverse_strategy", None)
+        if hasattr(strategy, "state_bytes"):
+            total += strategy.state_bytes()
+        return total
+
+
+class _SameBatch(Dataset):
+    def __init__(self, x: Tensor, y: Tensor, n: int) -> None:
+        self.x, self.y, self.n = x, y, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        return self.x, self.y
+
+
+def same_batch_loader(runner: StepRunner, steps: int) -> DataLoader:
+    """``steps`` copies of the runner's batch, for a Trainer."""
+    return DataLoader(_SameBatch(runner.x.cpu(), runner.y.cpu(), steps), batch_size=None, shuffle=False)
+
+
+def make_trainer(device: torch.device, dtype: torch.dtype, steps: int, callbacks: List):
+    """A bare Trainer for ``steps`` training steps in ``dtype`` (no logger, checkpoints or validation)."""
+    import pytorch_lightning as pl
+
+    return pl.Trainer(
+        accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, max_steps=steps, max_epochs=1,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, limit_val_batches=0,
+        precision="64-true" if dtype == torch.float64 else "32-true", callbacks=callbacks,
+    )

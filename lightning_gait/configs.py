@@ -16,19 +16,18 @@
   :func:`sizes_from_data` fills the ones a config leaves unset (None) and rejects hand-set
   ones that differ from the data's.
 
-:func:`compose` applies the same rules in Python and returns a plain dict (the values the
-files give, sizes filled), for code that builds a regime's rule without the CLI.
+Code that builds a regime without the command line goes through the same parser
+(``experiments.common.regime_cli``): there is no second reading of the configs.
 """
 from __future__ import annotations
 
 import importlib
-import inspect
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
-__all__ = ["CONF_DIR", "ConfigError", "SizeError", "compose", "expand_config_args", "find_config",
+__all__ = ["CONF_DIR", "ConfigError", "SizeError", "expand_config_args", "find_config",
            "regime_names", "sizes_from_data"]
 
 #: the configs that come with the package: ``conf/`` beside ``lightning_gait/``
@@ -138,50 +137,6 @@ def expand_config_args(args: Sequence[str]) -> List[str]:
 
 
 # ---------------------------------------------------------------------- Python composition
-def _merge(base: Any, over: Any) -> Any:
-    """``over`` on top of ``base``, as jsonargparse merges two configs in what the configs use.
-
-    Mappings merge key by key, ``key+`` appends to the base's list, anything else replaces.
-    A mapping with another ``class_path`` replaces the base's whole (where jsonargparse
-    would keep the base's ``init_args`` that the new class also accepts).
-    """
-    if not isinstance(base, dict) or not isinstance(over, dict):
-        return over
-    if "class_path" in over and over["class_path"] != base.get("class_path"):
-        return over
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(key, str) and key.endswith("+"):
-            key = key[:-1]
-            out[key] = list(out.get(key) or []) + (list(value) if isinstance(value, list) else [value])
-        else:
-            out[key] = _merge(out[key], value) if key in out else value
-    return out
-
-
-def compose(config: str, *, fill_sizes: bool = True) -> Dict[str, Any]:
-    """The values that config ``config`` (a path or a name) and its bases give, as one dict.
-
-    With ``fill_sizes`` the network's size arguments are filled from the data class, as
-    the CLI does. Values the files leave out (class defaults) are not added.
-    """
-    found = find_config(config)
-    if found is None:
-        raise ConfigError(f"config {config!r} not found (neither a file nor a name in {CONF_DIR})")
-    merged: Dict[str, Any] = {}
-    for path, content in _layers(found):
-        merged = _merge(merged, yaml.safe_load(path.read_text()) if content is None else content)
-    net = merged.get("model", {}).get("init_args", {}).get("net")
-    if fill_sizes and isinstance(net, dict) and "class_path" in net:
-        data_path = (merged.get("data") or {}).get("class_path", DEFAULT_DATA)
-        net_cls = import_class(net["class_path"])
-        accepted = inspect.signature(net_cls).parameters
-        given = {k: (net.get("init_args") or {}).get(k) for k in SIZE_KEYS if k in accepted}
-        updates = sizes_from_data(import_class(data_path), given, where=f"{NET_KEY}.init_args")
-        net["init_args"] = {**(net.get("init_args") or {}), **updates}
-    return merged
-
-
 # ---------------------------------------------------------------------- sizes from the data
 def import_class(class_path: str) -> type:
     module, _, name = class_path.rpartition(".")

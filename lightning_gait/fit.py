@@ -114,6 +114,9 @@ def fill_network_sizes(config) -> Dict[str, Any]:
 
 
 def _build_cli(args):
+    """fit's LightningCLI (``run=False``) for the command-line ``args``, configs expanded."""
+    if isinstance(args, (list, tuple)):
+        args = expand_config_args(list(args))
     from pytorch_lightning import LightningDataModule
     from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 
@@ -231,8 +234,6 @@ def _main(args=None) -> int:
 
     argv = sys.argv[1:] if args is None else args
     try:
-        if isinstance(argv, (list, tuple)):
-            argv = expand_config_args(argv)
         cli = _build_cli(argv)
     except (ConfigError, SizeError) as err:
         print(f"error: {err}", file=sys.stderr)

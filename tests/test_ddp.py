@@ -330,18 +330,15 @@ def test_trainer_config_composes_with_a_rule_config(trainer_config, monkeypatch)
 
 def diagnostics_config(tmp_path: Path, *, every_n_steps: int = 1) -> Path:
     """conf/gait_norm.yaml with the three diagnostics callbacks measuring every step and a CSV logger."""
-    from lightning_gait.configs import compose
-
-    config = compose(str(REPO_ROOT / "conf" / "gait_norm.yaml"))  # the regime with its base, as one dict
-    trainer = config["trainer"]
-    callbacks = [cb for cb in trainer.get("callbacks") or []
-                 if not cb["class_path"].startswith("lightning_gait.callbacks.")]
-    for name in ("BPCorrelation", "TargetNorms", "Orthogonality"):
-        callbacks.append({"class_path": f"lightning_gait.callbacks.{name}",
-                          "init_args": {"every_n_steps": every_n_steps}})
-    trainer["callbacks"] = callbacks
-    trainer["logger"] = {"class_path": "pytorch_lightning.loggers.CSVLogger",
-                         "init_args": {"save_dir": str(tmp_path / "logs"), "name": "ddp"}}
+    config = {
+        "base": str(REPO_ROOT / "conf" / "gait_norm.yaml"),
+        "trainer": {
+            "callbacks": [{"class_path": f"lightning_gait.callbacks.{name}", "init_args": {"every_n_steps": every_n_steps}}
+                          for name in ("BPCorrelation", "TargetNorms", "Orthogonality")],
+            "logger": {"class_path": "pytorch_lightning.loggers.CSVLogger",
+                       "init_args": {"save_dir": str(tmp_path / "logs"), "name": "ddp"}},
+        },
+    }
     path = tmp_path / "gait_norm_diagnostics.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

@@ -14,6 +14,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from experiments.common import build_regime, label, model_args, net_args
+from lightning_gait.data import CIFAR10DataModule
 from lightning_gait.networks import orthogonality_surrogate
 
 __all__ = ["Variant", "VARIANTS", "FULL_VARIANTS", "SWEEP_VARIANTS", "QUICK_VARIANTS", "LIGHTNING_VARIANTS",
@@ -75,8 +76,10 @@ class StepRunner:
     """One variant's rule, optimizer and batch; :meth:`step` is the timed step.
 
     The rule is built under ``seed`` (the network ``fit --seed_everything seed`` starts
-    from) with ``width`` and ``depth``; ``in_features`` and ``num_classes`` override the
-    config's sizes only when given. The batch is uniform noise and random labels.
+    from) with ``width`` and ``depth``; ``in_features`` and ``num_classes`` replace the
+    data's sizes only when given (the data class is then a plain ``LightningDataModule``,
+    which sets no sizes: the benchmark feeds its own batch). The batch is uniform noise
+    and random labels.
     """
 
     def __init__(self, variant: Variant, *, width: int, depth: int, batch: int, dtype: torch.dtype,
@@ -84,9 +87,13 @@ class StepRunner:
                  num_classes: Optional[int] = None) -> None:
         self.variant = variant
         self.device = device
-        self.rule = build_regime(variant.regime, *variant.overrides,
-                                 *net_args(width=width, depth=depth, in_features=in_features,
-                                           num_classes=num_classes), seed=seed)
+        sizes = []
+        if in_features is not None or num_classes is not None:  # the other size: the default data's
+            sizes = net_args(in_features=in_features or CIFAR10DataModule.input_size,
+                             num_classes=num_classes or CIFAR10DataModule.num_classes)
+        data = ["--data.class_path", "pytorch_lightning.LightningDataModule"] if sizes else []
+        self.rule = build_regime(variant.regime, *variant.overrides, *data,
+                                 *net_args(width=width, depth=depth), *sizes, seed=seed)
         self.rule.to(device=device, dtype=dtype)
         self.net = self.rule.net
         self.optimizer = self.rule.configure_optimizers()

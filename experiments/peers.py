@@ -55,27 +55,23 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # the checkout's package first, also when run as a file
-    sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from lightning_gait.diagnostics import (  # noqa: E402
+from lightning_gait.diagnostics import (
     backprop_gradients,
     condition_number,
     orthogonality_deviation,
     rule_alignment,
 )
-from lightning_gait.experiments.common import DEFAULT_DATA_DIR, instantiate, load_config  # noqa: E402
-from lightning_gait.targets import output_gradient  # noqa: E402
+from lightning_gait.targets import output_gradient
 
-OUT = ROOT / "results" / "peers"
+from .common import DEFAULT_DATA_DIR, build_regime, model_args, net_args
+
+OUT = Path("results") / "peers"
 
 #: peer -> setting name -> (regime config, init_args overrides; ``net.X`` for the network)
 SETTINGS: Dict[str, Dict[str, tuple]] = {
@@ -93,7 +89,7 @@ SETTINGS: Dict[str, Dict[str, tuple]] = {
         "lr1e-4": ("fa", {"lr": 1e-4}),
         "lr1e-5": ("fa", {"lr": 1e-5}),
         "lr5e-5": ("fa", {"lr": 5e-5}),
-        "lr1e-4_eps1e-6": ("fa", {"lr": 1e-4, "adam_eps": 1e-6, "betas": (0.9, 0.999)}),
+        "lr1e-4_eps1e-6": ("fa", {"lr": 1e-4, "adam_eps": 1e-6, "betas": [0.9, 0.999]}),
     },
     "gait_smooth": {
         "config": ("gait_smooth", {}),
@@ -123,15 +119,10 @@ PROBE_SETTINGS = (
 def build(peer: str, setting: str):
     """The rule of ``setting`` (float64, seed 0) and its overrides as text."""
     regime, overrides = SETTINGS[peer][setting]
-    spec = load_config(regime)["model"]
-    args = spec["init_args"]
-    for key, value in overrides.items():
-        if key.startswith("net."):
-            args["net"]["init_args"][key[4:]] = value
-        else:
-            args[key] = value
-    torch.manual_seed(0)
-    rule = instantiate(spec).to(torch.float64)
+    net = {key[4:]: value for key, value in overrides.items() if key.startswith("net.")}
+    rule_args = {key: value for key, value in overrides.items() if not key.startswith("net.")}
+    rule = build_regime(regime, *model_args(**rule_args), *net_args(**net), seed=0).to(torch.float64)
+    rule.reset_rule_state()  # rule-owned random draws in float64
     text = ";".join(f"{k}={v}" for k, v in overrides.items()) or "(config)"
     return rule, f"{regime}:{text}"
 

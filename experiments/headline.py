@@ -192,8 +192,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     run.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     run.add_argument("--fit-args", nargs=argparse.REMAINDER, default=[],
                      help="further options passed to fit as they are (give last)")
-    for p in (run, sub.add_parser("sync", help="copy metrics.csv files into the results folder"),
-              sub.add_parser("report", help="print the table from the results folder")):
+    report = sub.add_parser("report", help="print the table from the results folder")
+    report.add_argument("--epoch", type=int, default=None, help="compare at this epoch (default: each run's last)")
+    for p in (run, sub.add_parser("sync", help="copy metrics.csv files into the results folder"), report):
         p.add_argument("--outputs", default=str(OUTPUTS_DIR))
         p.add_argument("--results", default=str(RESULTS_DIR))
     args = parser.parse_args(argv)
@@ -204,7 +205,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for path in sync(outputs, results):
             print(path)
         return 0
-    for row in summarize(results):
+    for row in summarize(results, at_epoch=args.epoch):
         print(f"{row['run']:22s} seed {row['seed']}  epochs {row['epochs']:3d}  final {100 * row['final_test_acc']:.2f}  "
               f"best {100 * row['best_test_acc']:.2f} (epoch {row['best_epoch']})  "
               f"layer-1 r {row['bp_corr_layer_1']:.4f}")

@@ -17,17 +17,22 @@ __all__ = ["InvertibleCNN"]
 class InvertibleCNN(InvertibleNetwork):
     """A convolutional network whose layers after the first are square and exactly invertible.
 
-    Layout, input to output (defaults in brackets; the sizes for CIFAR-10 with the defaults)::
+    Layout, input to output (defaults in brackets), with the sizes and parameter counts for
+    CIFAR-10 and the defaults::
 
-        layer 1    3x3 convolution, padding 1, C_in -> channels          3x32x32 -> 32x32x32
-                   (not square, never inverted, like the MLP's first layer)
-        stage s = 1 .. stages [3], each halving the resolution for patch [2]:
-          PatchConv  reads the first `keep` channels of the layer below
-                     (all of layer 1's at stage 1): c -> c*patch^2 channels  32x32x32 -> 128x16x16
-          `mixers` [1] x Conv1x1 on all c*patch^2 channels                 128x16x16 -> 128x16x16
-        output     FlatLinear on the first `keep` channels, flattened       (32x4x4 = 512) -> 512
-                   (square: its first num_classes units are the logits,
-                    the others auxiliary units, as the MLP's output layer)
+        layer 1   3x3 convolution, padding 1, C -> channels     3x32x32 -> 32x32x32        896
+                  (not square, never inverted, like the MLP's first layer)
+        stage s = 1 .. stages [3], each dividing height and width by patch [2]:
+          PatchConv  on the first `keep` channels of the layer below (on all of layer 1's
+                     at stage 1), c -> c*patch^2 channels  32x32x32 -> 128x16x16   16,512
+          mixers [1] x Conv1x1 on all c*patch^2 channels  128x16x16 -> 128x16x16   16,512
+          (stages 2 and 3: 32x16x16 -> 128x8x8 -> 128x8x8, 32x8x8 -> 128x4x4 -> 128x4x4)
+        output    FlatLinear on the first `keep` channels, flattened: 32x4x4 = 512 -> 512
+                  (square: the first num_classes units are the logits, the others
+                  auxiliary units, as the MLP's output layer)                     262,656
+
+    Eight layers and 362,624 parameters in all; the inverted matrices are 128 x 128 (six)
+    and 512 x 512 (the output).
 
     ``keep`` (default ``channels``) is how many channels a stage passes on ("factor-out"):
     the others are auxiliary channels of the layer that produced them. Nothing reads them,

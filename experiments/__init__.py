@@ -6,6 +6,8 @@
   orthogonality;
 * :mod:`~experiments.training`: Fig. 2A, test accuracy over training for every regime;
 * :mod:`~experiments.headline`: GAIT-N against backprop, one ``fit`` run per cause;
+* :mod:`~experiments.peers`: why TP, FA and GAIT-S trail, on a short budget;
+* :mod:`~experiments.conv_correlation`: Fig. 2B for the invertible CNN;
 * :mod:`~experiments.report`: the README's tables from the CSVs.
 
 Every regime is a config in ``conf/``, built through ``fit``'s own parser

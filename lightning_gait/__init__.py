@@ -1,6 +1,6 @@
 """lightning-gait: GAIT-prop and its peers as PyTorch Lightning modules."""
 from .activations import ACTIVATIONS, Identity, InvertibleActivation, LeakyReLU, SmoothLeakyReLU, build_activation
-from .networks import InvertibleMLP, LayerInverse, orthogonality_penalty
+from .networks import InvertibleCNN, InvertibleMLP, LayerInverse, orthogonality_penalty
 from .rules import RULES, Backprop, FeedbackAlignment, GAITProp, LocalLearningRule, TargetProp
 from .targets import NonFiniteError, TargetTrace
 
@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "InvertibleMLP",
+    "InvertibleCNN",
     "Backprop",
     "GAITProp",
     "TargetProp",

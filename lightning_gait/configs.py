@@ -8,7 +8,7 @@
   two ``--config``: nested keys merge (``trainer.logger.init_args.name`` alone keeps the
   base's logger and its other arguments), a list given again replaces the base's list, and
   ``callbacks+:`` appends to it. A base may have a base of its own.
-* **names.** ``--config gait_norm`` (or ``trainer/ddp_cpu``) is ``conf/gait_norm.yaml``:
+* **names.** ``--config gait_norm`` (or ``conv/gait_norm``, ``trainer/ddp_cpu``) is ``conf/gait_norm.yaml``:
   a value that is not a file is looked up in :data:`CONF_DIR`, ``.yaml`` optional. A base
   is looked up next to the file that names it, then in :data:`CONF_DIR`.
 * **sizes.** The network's ``in_features`` (the data's ``input_size``), ``input_shape`` and
@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import yaml
 
 __all__ = ["CONF_DIR", "ConfigError", "SizeError", "expand_config_args", "find_config",
-           "regime_names", "sizes_from_data"]
+           "regime_groups", "regime_names", "sizes_from_data"]
 
 #: the configs that come with the package: ``conf/`` beside ``lightning_gait/``
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -84,6 +84,24 @@ def find_config(value: str, relative_to: Optional[Path] = None) -> Optional[Path
 def regime_names(folder: Path = CONF_DIR) -> List[str]:
     """The regime configs in ``folder`` (every ``*.yaml`` but the shared base)."""
     return sorted(p.stem for p in folder.glob("*.yaml") if p.stem != BASE_NAME)
+
+
+def regime_groups(folder: Path = CONF_DIR) -> Dict[str, List[str]]:
+    """Regime configs in the subfolders of ``folder``, as names ``--config`` takes.
+
+    ``{"conv": ["conv/bp", ...]}``: in each subfolder, the files with a ``base`` key (files
+    without one, like ``trainer/*.yaml``, are settings to stack, not regimes).
+    """
+    groups: Dict[str, List[str]] = {}
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        names = []
+        for path in sorted(sub.glob("*.yaml")):
+            content = yaml.safe_load(path.read_text())
+            if isinstance(content, dict) and BASE_KEY in content:
+                names.append(f"{sub.name}/{path.stem}")
+        if names:
+            groups[sub.name] = names
+    return groups
 
 
 # ---------------------------------------------------------------------- base expansion

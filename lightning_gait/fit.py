@@ -7,7 +7,8 @@ option can be overridden with a dotted flag (``--trainer.max_epochs 2``,
 ``--data.data_dir ../shared/data``), ``--print_config`` prints the resolved configuration,
 and ``seed_everything`` seeds the run.
 
-``--config`` takes a path or a name in ``conf/`` (``gait_norm`` is ``conf/gait_norm.yaml``).
+``--config`` takes a path or a name in ``conf/`` (``gait_norm`` is ``conf/gait_norm.yaml``,
+``conv/gait_norm`` is ``conf/conv/gait_norm.yaml``).
 A regime config names its shared settings with ``base: base.yaml`` and gives only what
 differs; the network's input size and number of classes come from the data class
 (:mod:`lightning_gait.configs`).
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from .configs import CONF_DIR, DEFAULT_DATA, NET_KEY, SIZE_KEYS, ConfigError, SizeError, expand_config_args
-from .configs import import_class, regime_names, sizes_from_data
+from .configs import import_class, regime_groups, regime_names, sizes_from_data
 
 __all__ = ["CONF_DIR", "main"]
 
@@ -45,9 +46,12 @@ def _summary_line(path: Path) -> str:
 
 def _config_listing() -> str:
     names = regime_names()
-    width = max((len(n) for n in names), default=0)
+    groups = regime_groups()
+    width = max((len(n) for n in names + [g for group in groups.values() for g in group]), default=0)
     lines = [f"Configs: --config NAME, from {CONF_DIR} (each gives what differs from base.yaml):"]
     lines += [f"  {name:<{width}}  {_summary_line(CONF_DIR / f'{name}.yaml')}" for name in names]
+    for group in groups.values():
+        lines += [f"  {name:<{width}}  {_summary_line(CONF_DIR / f'{name}.yaml')}" for name in group]
     trainer = sorted(f"trainer/{p.stem}" for p in (CONF_DIR / "trainer").glob("*.yaml"))
     if trainer:
         lines.append("Trainer settings, as a second --config: " + ", ".join(trainer))

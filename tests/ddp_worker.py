@@ -33,10 +33,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from lightning_gait import Backprop, FeedbackAlignment, GAITProp, InvertibleMLP  # noqa: E402
+from lightning_gait import Backprop, FeedbackAlignment, GAITProp, InvertibleCNN, InvertibleMLP  # noqa: E402
 from lightning_gait.callbacks import BPCorrelation, Orthogonality, TargetNorms  # noqa: E402
 
 IN_FEATURES, WIDTH, DEPTH, NUM_CLASSES = 20, 16, 3, 4
+#: the convolutional scenarios read the same 20 features as 5 x 2 x 2 images: a 3x3
+#: convolution to 2 channels, a 2x2 patch convolution to 8 channels, a 1x1 convolution,
+#: and a square dense output on the first 6 of its 8 channels
+CONV_NET = dict(input_shape=(5, 2, 2), num_classes=NUM_CLASSES, channels=2, stages=1, patch=2, mixers=1, keep=6)
 PER_RANK_BATCH = 8
 STEPS = 4
 WORLD = 2
@@ -50,7 +54,8 @@ NAN_STEP = 1
 
 @dataclass(frozen=True)
 class Scenario:
-    rule: str  # "gait" (paper form), "gait_exact" (difference form), "gait_cached" (+ cached inverse), "bp", "fa"
+    rule: str  # "gait" (paper form), "gait_exact" (difference form), "gait_cached" (+ cached inverse), "bp", "fa";
+    # "conv_" before a rule: on the invertible CNN (CONV_NET) instead of the MLP
     loss_reduction: str
     diagnostics: bool = False  # BPCorrelation, TargetNorms, Orthogonality every step (rank 0 only)
     on_nonfinite: Optional[str] = None  # None: clean data; "skip"/"raise": NaN in one rank's batch
@@ -66,6 +71,7 @@ SCENARIOS: Dict[str, Scenario] = {
     "bp_sum": Scenario("bp", "sum", diagnostics=True),
     "bp_mean": Scenario("bp", "mean"),
     "fa_sum": Scenario("fa", "sum"),
+    "conv_gait_exact_norm_sum": Scenario("conv_gait_exact", "sum", diagnostics=True),
     "gait_exact_nan_skip": Scenario("gait_exact", "sum", on_nonfinite="skip"),
     "gait_exact_nan_raise": Scenario("gait_exact", "sum", on_nonfinite="raise"),
 }
@@ -112,8 +118,12 @@ def make_rule(kind: str, loss_reduction: str, *, seed: int, on_nonfinite: str = 
     """A rule on a fresh small network whose weights (and FA's feedback) come from ``seed``."""
     torch.manual_seed(seed)
     common = dict(lr=1e-3, loss_reduction=loss_reduction, on_nonfinite=on_nonfinite)
-    square = kind.startswith("gait")
-    net = InvertibleMLP(IN_FEATURES, WIDTH, DEPTH, NUM_CLASSES, square_output=square)
+    square = kind.startswith(("gait", "conv_gait"))
+    if kind.startswith("conv_"):
+        kind = kind[len("conv_"):]
+        net = InvertibleCNN(**CONV_NET, square_output=square)
+    else:
+        net = InvertibleMLP(IN_FEATURES, WIDTH, DEPTH, NUM_CLASSES, square_output=square)
     if kind == "gait":
         return GAITProp(net, normalize=True, target_mode="absolute", ortho_weight=1.0, **common)
     if kind == "gait_exact":

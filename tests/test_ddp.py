@@ -15,7 +15,8 @@ Checked, per scenario:
   (gradients, relative to their largest entry) for Backprop, FA and the exact form of
   GAIT-N (``target_mode="difference"``, also with ``inverse="cached"``: per-rank state
   outside the parameters, which rank 0's diagnostics touch), with ``loss_reduction``
-  "sum" and "mean".
+  "sum" and "mean"; and the exact form of GAIT-N on a small ``InvertibleCNN``
+  (convolutions, auxiliary channels; the 20 features read as 5 x 2 x 2 images).
   The paper's form of GAIT-N (``"absolute"``, eta 1e-7) recovers ``t - a`` by
   subtracting two numbers that agree to ~7 digits, so different batch shapes (8 rows vs
   16) already change its updates at the 1e-8 level (relative) in float64; it gets 1e-9

@@ -1,4 +1,4 @@
-"""Networks: the contract every network honours, its layers' inverses, and the paper's MLP."""
+"""Networks: the contract every network honours, its layers' inverses, the paper's MLP and an invertible CNN."""
 from .base import ForwardTrace, InvertibleNetwork
 from .layers import (
     LayerInverse,
@@ -8,12 +8,18 @@ from .layers import (
     orthogonality_penalty,
     orthogonality_surrogate,
 )
+from .conv import InvertibleCNN
+from .conv_layers import Conv1x1, FlatLinear, PatchConv
 from .mlp import InvertibleMLP
 
 __all__ = [
     "InvertibleNetwork",
     "ForwardTrace",
     "InvertibleMLP",
+    "InvertibleCNN",
+    "Conv1x1",
+    "PatchConv",
+    "FlatLinear",
     "MatrixView",
     "matrix_view",
     "LayerInverse",

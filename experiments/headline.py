@@ -15,7 +15,9 @@ Runs (``RUNS``):
 * ``gait_norm``: GAIT-N, the paper's form, float64;
 * ``gait_norm_diff64`` / ``gait_norm_diff32``: GAIT-N in the difference form, float64 / float32;
 * ``gait_norm_ortho1000``: GAIT-N with orthogonality weight 1000;
-* ``bp_smooth``, ``gait_smooth_norm``: BP-S and GAIT-SN (no leaky-ReLU kink).
+* ``bp_smooth``, ``gait_smooth_norm``: BP-S and GAIT-SN (no leaky-ReLU kink);
+* ``conv_bp``, ``conv_gait_norm``, ``conv_gait_norm_diff32``: the invertible CNN
+  (``conf/conv/``), against the MLP's curves.
 
 A run writes its logs and checkpoints to ``OUTPUTS/{name}_s{seed}/`` and is resumed from
 its ``last.ckpt`` when started again (also with a larger ``--epochs``: a 20-epoch run
@@ -59,6 +61,11 @@ RUNS: Dict[str, tuple] = {
                             "GAIT-N, paper form, penalty 1000"),
     "bp_smooth": ("bp_smooth", [], "BP-S (SL-ReLU)"),
     "gait_smooth_norm": ("gait_smooth_norm", [], "GAIT-SN, paper form, float64"),
+    "conv_bp": ("conv/bp", [], "BP on the invertible CNN (lr 1e-4)"),
+    "conv_gait_norm": ("conv/gait_norm", [], "GAIT-N on the invertible CNN, paper form, float64 (lr 1e-4)"),
+    "conv_gait_norm_diff32": ("conv/gait_norm", ["--model.init_args.target_mode", "difference",
+                                                 "--trainer.precision", "32-true"],
+                              "GAIT-N on the invertible CNN, difference form, float32 (lr 1e-4)"),
 }
 
 RESULTS_DIR = Path("results/headline")

@@ -275,7 +275,8 @@ def test_two_process_ddp_run_is_one_wandb_run(tiny_cifar_root, tmp_path):
     runs = sorted((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, runs  # rank 1 started none
     path = find_run_file(runs[0])
-    assert wait_until_complete(path, timeout_s=120), "W&B did not finish writing"
+    # the W&B service finishes the file after the process exits: minutes on a loaded machine
+    assert wait_until_complete(path, timeout_s=300), "W&B did not finish writing"
     run = _records(path, "run")[0]
     assert run.run_group == "gait_norm" and "gait_norm" in list(run.tags)
     rows = read_history(path)

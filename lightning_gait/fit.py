@@ -19,7 +19,9 @@ step count, rule buffers such as feedback matrices, and the epoch's data order).
 
 Weights & Biases: when ``WANDB_MODE`` is unset and no API key is found (``WANDB_API_KEY``
 or a ``wandb login`` entry in ``~/.netrc``), the run is logged offline, never waiting for a
-login prompt, and the ``wandb sync`` command is printed at the end.
+login prompt, and the ``wandb sync`` command is printed at the end. The run's group and a
+tag name the regime, its config holds the package version and git commit, and its summary
+the best validation accuracy (:mod:`lightning_gait.wandb_run`).
 """
 from __future__ import annotations
 
@@ -235,8 +237,10 @@ def _main(args=None) -> int:
     configure_wandb_mode(announce=not _only_prints(args))
     from .data import DataNotFoundError
     from .targets import NonFiniteError
+    from .wandb_run import label_wandb_loggers, record_summary, regime_of
 
     argv = sys.argv[1:] if args is None else args
+    given = list(argv) if isinstance(argv, (list, tuple)) else []
     try:
         cli = _build_cli(argv)
     except (ConfigError, SizeError) as err:
@@ -248,6 +252,8 @@ def _main(args=None) -> int:
         return 2
     config = cli.config
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
+    # W&B: the regime as group and tag, the package version and git commit in the config
+    label_wandb_loggers(trainer.loggers, regime_of(given, getattr(trainer.logger, "name", None)))
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=config.get("ckpt_path"))
         summary = _fit_summary(trainer)
@@ -262,6 +268,7 @@ def _main(args=None) -> int:
         print(f"error: training stopped: {err}", file=sys.stderr)
         return 3
     if trainer.is_global_zero:
+        record_summary(trainer)
         for key, value in (test_results[0] if test_results else {}).items():
             summary.append(f"{key} = {value:.4f}")
         print("\n".join(["", "lightning-gait summary:"] + ["  " + line for line in summary]))

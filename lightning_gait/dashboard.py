@@ -196,11 +196,12 @@ def describe(workspace, layers: int) -> Dict[str, object]:
 
 
 def layers_of(config: str) -> int:
-    """The number of layers of the network that config ``config`` builds."""
-    from .configs import compose, import_class
+    """The number of layers of the network that config ``config`` builds (through fit's parser)."""
+    from .fit import _build_cli
 
-    net = compose(config)["model"]["init_args"]["net"]
-    return int(import_class(net["class_path"])(**net.get("init_args", {})).num_layers)
+    cli = _build_cli(["--config", config, "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
+                      "--trainer.callbacks", "[]"])
+    return int(cli.model.net.num_layers)
 
 
 def _unreachable(timeout_s: float = 5.0) -> Optional[str]:

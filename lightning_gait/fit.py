@@ -230,7 +230,16 @@ def main(args=None) -> int:
     try:
         return _main(args)
     finally:
+        _finish_wandb()
         _close_process_group()
+
+
+def _finish_wandb() -> None:
+    """Finish this process's W&B run (if any) while the process group still exists, so that
+    an offline run file is complete when ``fit`` returns instead of after interpreter exit."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
 
 
 def _main(args=None) -> int:

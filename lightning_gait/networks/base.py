@@ -12,7 +12,10 @@ output ``a_{L-1}``.
 A subclass of :class:`InvertibleNetwork` provides:
 
 * ``layers`` (an ``nn.ModuleList``, input to output; its parameter names are the
-  checkpoint names), ``num_classes``, :meth:`activation_of`, :meth:`reset_parameters`;
+  checkpoint names), ``num_classes``, and the activations: either the attributes
+  ``activation`` (after every hidden layer) and ``output_activation`` (after the last),
+  or its own :meth:`activation_of`; :meth:`reset_parameters` if orthogonal weights and
+  zero biases are not the right start;
 * optionally :meth:`prepare_input` (shape checks, flattening) and, for a layer that
   reads only part of the previous output, :meth:`select_input` with its adjoint
   :meth:`expand_to_previous` (the unread entries are auxiliary units: their target is
@@ -25,7 +28,7 @@ new layer type registers there and needs no change in the rules.
 """
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import ABC
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
@@ -59,22 +62,28 @@ class ForwardTrace:
 class InvertibleNetwork(nn.Module, ABC):
     """Base class of every network a :class:`~lightning_gait.rules.LocalLearningRule` trains.
 
-    Subclasses set ``self.layers`` (an ``nn.ModuleList``) and ``self.num_classes`` and
-    implement :meth:`activation_of` and :meth:`reset_parameters`. See the module
-    docstring for the contract.
+    Subclasses set ``self.layers`` (an ``nn.ModuleList``), ``self.num_classes`` and the
+    activations (see the module docstring for the contract).
     """
 
     layers: nn.ModuleList
     num_classes: int
+    #: the activation after every hidden layer, and after the output layer
+    activation: InvertibleActivation
+    output_activation: InvertibleActivation
 
-    # ------------------------------------------------------------------ to implement
-    @abstractmethod
+    # ------------------------------------------------------------------ to implement or keep
     def activation_of(self, index: int) -> InvertibleActivation:
-        """The elementwise activation after layer ``index`` (identity at a linear output)."""
+        """The elementwise activation after layer ``index``: ``activation`` after a hidden
+        layer, ``output_activation`` (the identity for a linear output) after the last."""
+        return self.output_activation if index == self.num_layers - 1 else self.activation
 
-    @abstractmethod
     def reset_parameters(self) -> None:
-        """Re-initialise every layer (orthogonal weights for the inverted layers)."""
+        """(Semi-)orthogonal weights (``nn.init.orthogonal_``, trailing dimensions
+        flattened) and zero biases for every layer."""
+        for layer in self.layers:
+            nn.init.orthogonal_(layer.weight)
+            nn.init.zeros_(layer.bias)
 
     def prepare_input(self, x: Tensor) -> Tensor:
         """The network's input from a batch as the DataModule gives it (checks its shape)."""

@@ -147,20 +147,10 @@ class InvertibleCNN(InvertibleNetwork):
         return keep
 
     # ------------------------------------------------------------------ the contract
-    def reset_parameters(self) -> None:
-        """(Semi-)orthogonal matrices and zero biases (the 3x3 kernel as a ``channels x 9 C`` matrix)."""
-        for layer in self.layers:
-            nn.init.orthogonal_(layer.weight)
-            nn.init.zeros_(layer.bias)
-
     @property
     def invertible(self) -> bool:
         """True when every layer after the first is square (and so can be inverted)."""
         return self.square_output
-
-    def activation_of(self, index: int) -> InvertibleActivation:
-        """The hidden activation, or the identity at the output layer."""
-        return self.output_activation if index == self.num_layers - 1 else self.activation
 
     def prepare_input(self, x: Tensor) -> Tensor:
         """Images ``(N, C, H, W)`` from a flat batch ``(N, C*H*W)`` (row-major) or images."""

@@ -81,20 +81,10 @@ class InvertibleMLP(InvertibleNetwork):
         self.layers = nn.ModuleList(nn.Linear(sizes[i], sizes[i + 1]) for i in range(len(sizes) - 1))
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        """(Semi-)orthogonal weights and zero biases."""
-        for layer in self.layers:
-            nn.init.orthogonal_(layer.weight)
-            nn.init.zeros_(layer.bias)
-
     @property
     def invertible(self) -> bool:
         """True when every layer after the first is square (and so can be inverted)."""
         return self.square_output
-
-    def activation_of(self, index: int) -> InvertibleActivation:
-        """The activation after layer ``index`` (0-based): hidden, or identity at the output."""
-        return self.output_activation if index == self.num_layers - 1 else self.activation
 
     def prepare_input(self, x: Tensor) -> Tensor:
         """Accept ``(N, in_features)`` or images ``(N, C, H, W)`` (flattened row-major)."""

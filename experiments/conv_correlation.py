@@ -43,13 +43,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # the checkout's library, also when run as a file
-    sys.path.insert(0, str(REPO_ROOT))
+from lightning_gait import GAITProp, InvertibleCNN
+from lightning_gait.diagnostics import backprop_gradients, gradient_alignment
+from lightning_gait.targets import NonFiniteError
 
-from lightning_gait import GAITProp, InvertibleCNN  # noqa: E402
-from lightning_gait.diagnostics import backprop_gradients, gradient_alignment  # noqa: E402
-from lightning_gait.targets import NonFiniteError  # noqa: E402
+from .correlation import load_batches
 
 __all__ = ["Variant", "VARIANTS", "load_batches", "make_network", "measure", "summarize", "plot", "main"]
 
@@ -81,29 +79,6 @@ VARIANTS: Tuple[Variant, ...] = (
     Variant("GAIT-N float32 difference", "leaky_relu", "float32", "difference", True),
     Variant("GAIT", "leaky_relu", "float64", "absolute", False),
 )
-
-
-def load_batches(data_dir: Path, *, nets: int, batch_size: int, seed: int = 0,
-                 verify_checksums: bool = True) -> List[Tuple[torch.Tensor, torch.Tensor]]:
-    """Batch ``j < nets`` of the training set in the order ``torch.randperm`` draws under ``seed``.
-
-    uint8 pixels ``(B, 3072)`` and labels; the order wraps around on a set smaller than
-    ``nets * batch_size``.
-    """
-    from lightning_gait.data import CIFAR10DataModule
-
-    dm = CIFAR10DataModule(data_dir=str(data_dir), download=False, val_size=0, verify_checksums=verify_checksums)
-    dm.setup("fit")
-    images, labels = dm.data_train.images, dm.data_train.labels
-    n = len(labels)
-    if batch_size > n:
-        raise ValueError(f"--batch-size {batch_size} is larger than the training set ({n} images)")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    out = []
-    for j in range(nets):
-        idx = perm[(j * batch_size + torch.arange(batch_size)) % n]
-        out.append((images[idx], labels[idx]))
-    return out
 
 
 def make_network(seed: int, activation: str, dtype: torch.dtype, *, channels: int) -> InvertibleCNN:

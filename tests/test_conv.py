@@ -304,13 +304,9 @@ def test_resume_continues_exactly(tiny_cifar_root, tmp_path, monkeypatch):
 def test_conv_correlation_experiment_runs(tiny_cifar_root, tmp_path, monkeypatch):
     """experiments/conv_correlation.py on the generated CIFAR-10: CSVs, PNG, GAIT-N aligned with BP."""
     import csv
-    import importlib.util
-    import sys
 
-    spec = importlib.util.spec_from_file_location("conv_correlation", REPO_ROOT / "experiments" / "conv_correlation.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
-    spec.loader.exec_module(module)
+    from experiments import conv_correlation as module
+
     out = tmp_path / "out"
     assert module.main(["--data-dir", str(tiny_cifar_root), "--out", str(out), "--nets", "2", "--batch-size", "8",
                         "--channels", "4", "--no-verify-checksums"]) == 0

@@ -93,6 +93,8 @@ def regime_groups(folder: Path = CONF_DIR) -> Dict[str, List[str]]:
     without one, like ``trainer/*.yaml``, are settings to stack, not regimes).
     """
     groups: Dict[str, List[str]] = {}
+    if not folder.is_dir():
+        return groups
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
         names = []
         for path in sorted(sub.glob("*.yaml")):

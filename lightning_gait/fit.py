@@ -227,19 +227,22 @@ def _close_process_group() -> None:
 
 def main(args=None) -> int:
     """Entry point; returns the process exit code."""
+    code = 1  # an exception escaping _main
     try:
-        return _main(args)
+        code = _main(args)
+        return code
     finally:
-        _finish_wandb()
+        _finish_wandb(code)
         _close_process_group()
 
 
-def _finish_wandb() -> None:
-    """Finish this process's W&B run (if any) while the process group still exists, so that
-    an offline run file is complete when ``fit`` returns instead of after interpreter exit."""
+def _finish_wandb(exit_code: int) -> None:
+    """Finish the W&B run this process started (if any) with ``exit_code``, while the
+    process group still exists, so that an offline run file is complete when ``fit``
+    returns instead of after interpreter exit, and a failed run is recorded as failed."""
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish()
+        wandb.finish(exit_code=exit_code)
 
 
 def _main(args=None) -> int:

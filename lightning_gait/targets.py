@@ -126,7 +126,7 @@ def normalized_gamma(e: Tensor, eta: float) -> Tensor:
     multiplier finite.
     """
     norm = torch.linalg.vector_norm(e.flatten(1), dim=1)
-    scale = eta * math.sqrt(e[0].numel())
+    scale = eta * math.sqrt(math.prod(e.shape[1:]))
     return torch.where(norm > 0, scale / torch.where(norm > 0, norm, torch.ones_like(norm)), torch.ones_like(norm))
 
 

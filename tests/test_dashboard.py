@@ -283,3 +283,17 @@ def test_two_process_ddp_run_is_one_wandb_run(tiny_cifar_root, tmp_path):
     # one row per step, from rank 0 only (the callbacks measure at step 0 with their every_n_steps)
     assert [r["trainer/global_step"] for r in rows if "train/loss_step" in r] == [0, 1, 2]
     assert [r["trainer/global_step"] for r in rows if "bp_corr/layer_1" in r] == [0]
+
+
+def test_a_run_that_stops_on_non_finite_targets_is_recorded_as_failed(tiny_cifar_root, tmp_path, monkeypatch):
+    """fit finishes its W&B run with its own exit code (3: training stopped), not 0."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    code = fit.main(["--config", "gait_norm", *tiny_args(tiny_cifar_root, out), "--trainer.max_steps", "3",
+                     "--model.init_args.eta", "1e300"])
+    assert code == 3
+    runs = sorted((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    path = find_run_file(runs[0])
+    assert wait_until_complete(path, timeout_s=60)
+    assert [r.exit_code for r in _records(path, "exit")] == [3]

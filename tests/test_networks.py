@@ -173,3 +173,21 @@ def test_bad_arguments_raise_value_error_naming_the_argument(kwargs, argument):
 def test_narrow_width_is_fine_without_a_square_output():
     net = InvertibleMLP(in_features=12, width=8, depth=2, num_classes=10, square_output=False)
     assert net(torch.rand(2, 12)).shape == (2, 10)
+
+
+def test_solve_affine_takes_the_bias_off_the_rows_whatever_the_tensor_shape():
+    """A dense layer on (N, L, n) input: the bias belongs to the last dimension, also when L == n."""
+    from lightning_gait.networks import LayerInverse
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(4, 4).double()
+    x = torch.randn(2, 4, 4, dtype=torch.float64)
+    with torch.no_grad():
+        recovered = LayerInverse.from_linear(layer).solve_affine(layer(x))
+    torch.testing.assert_close(recovered, x, rtol=0, atol=1e-12)
+
+
+def test_config_listing_without_a_conf_folder(tmp_path):
+    from lightning_gait.configs import regime_groups
+
+    assert regime_groups(tmp_path / "absent") == {}

@@ -44,8 +44,10 @@ class MatrixView:
     ``matrix`` is ``A`` (``(n_out, n_in)``, a view of the weight parameter), ``bias`` has
     ``n_out`` entries (or is ``None``). ``input_rows(x)`` turns the layer's input into
     ``(M, n_in)`` rows and ``output_rows(z)`` its output into ``(M, n_out)`` rows;
-    ``rows_to_input(r, like)`` and ``rows_to_output(r, like)`` undo them (``like`` gives
-    the target shape). The layer computes ``rows_to_output(input_rows(x) A^T + b)``.
+    ``rows_to_input(r, out)`` and ``rows_to_output(r, out)`` undo them, where ``out`` is
+    always a tensor with the layer's OUTPUT shape for the same batch (it fixes the
+    shapes; a layer whose input and output shapes differ derives its input shape from
+    it). The layer computes ``rows_to_output(input_rows(x) A^T + b)``.
     """
 
     matrix: Tensor
@@ -118,16 +120,14 @@ class LayerInverse:
         return view.rows_to_input(self.solve_rows(view.output_rows(r)), r)
 
     def solve_affine(self, z: Tensor) -> Tensor:
-        """The input ``x`` with ``F(x) = z``: ``solve(z - b)``."""
-        bias = self.view.bias if self.view is not None else None
-        if bias is None:
-            return self.solve(z)
-        return self.solve(z - _bias_like(bias, z))
-
-
-def _bias_like(bias: Tensor, z: Tensor) -> Tensor:
-    """The bias broadcast over ``z``: along dim 1 (units or channels)."""
-    return bias if z.dim() == 2 else bias.view(1, -1, *([1] * (z.dim() - 2)))
+        """The input ``x`` with ``F(x) = z``: ``solve(z - b)``, the bias subtracted from rows."""
+        view = self.view
+        if view is None:
+            return self.solve_rows(z)
+        rows = view.output_rows(z)
+        if view.bias is not None:
+            rows = rows - view.bias
+        return view.rows_to_input(self.solve_rows(rows), z)
 
 
 @singledispatch

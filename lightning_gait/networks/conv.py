@@ -147,11 +147,6 @@ class InvertibleCNN(InvertibleNetwork):
         return keep
 
     # ------------------------------------------------------------------ the contract
-    @property
-    def invertible(self) -> bool:
-        """True when every layer after the first is square (and so can be inverted)."""
-        return self.square_output
-
     def prepare_input(self, x: Tensor) -> Tensor:
         """Images ``(N, C, H, W)`` from a flat batch ``(N, C*H*W)`` (row-major) or images."""
         if x.dim() == 2 and x.shape[1] == math.prod(self.input_shape):

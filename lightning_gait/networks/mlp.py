@@ -81,11 +81,6 @@ class InvertibleMLP(InvertibleNetwork):
         self.layers = nn.ModuleList(nn.Linear(sizes[i], sizes[i + 1]) for i in range(len(sizes) - 1))
         self.reset_parameters()
 
-    @property
-    def invertible(self) -> bool:
-        """True when every layer after the first is square (and so can be inverted)."""
-        return self.square_output
-
     def prepare_input(self, x: Tensor) -> Tensor:
         """Accept ``(N, in_features)`` or images ``(N, C, H, W)`` (flattened row-major)."""
         if x.dim() > 2:

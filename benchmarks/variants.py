@@ -76,14 +76,14 @@ class StepRunner:
     """One variant's rule, optimizer and batch; :meth:`step` is the timed step.
 
     The rule is built under ``seed`` (the network ``fit --seed_everything seed`` starts
-    from) with ``width`` and ``depth``; ``in_features`` and ``num_classes`` replace the
+    from) with ``width`` and ``depth`` (``None``: the config's, e.g. for a network without them); ``in_features`` and ``num_classes`` replace the
     data's sizes only when given (the data class is then a plain ``LightningDataModule``,
     which sets no sizes: the benchmark feeds its own batch). The batch is uniform noise
-    and random labels.
+    (shaped as the network's ``input_shape`` when it has one) and random labels.
     """
 
-    def __init__(self, variant: Variant, *, width: int, depth: int, batch: int, dtype: torch.dtype,
-                 device: torch.device, seed: int, in_features: Optional[int] = None,
+    def __init__(self, variant: Variant, *, width: Optional[int], depth: Optional[int], batch: int,
+                 dtype: torch.dtype, device: torch.device, seed: int, in_features: Optional[int] = None,
                  num_classes: Optional[int] = None) -> None:
         self.variant = variant
         self.device = device
@@ -93,12 +93,13 @@ class StepRunner:
                              num_classes=num_classes or CIFAR10DataModule.num_classes)
         data = ["--data.class_path", "pytorch_lightning.LightningDataModule"] if sizes else []
         self.rule = build_regime(variant.regime, *variant.overrides, *data,
-                                 *net_args(width=width, depth=depth), *sizes, seed=seed)
+                                 *net_args(width=width, depth=depth), *sizes, seed=seed)  # None: the config's
         self.rule.to(device=device, dtype=dtype)
         self.net = self.rule.net
         self.optimizer = self.rule.configure_optimizers()
         generator = torch.Generator().manual_seed(seed + 1)
-        self.x = torch.rand(batch, self.net.in_features, generator=generator, dtype=dtype).to(device)
+        shape = getattr(self.net, "input_shape", None) or (self.net.in_features,)
+        self.x = torch.rand(batch, *shape, generator=generator, dtype=dtype).to(device)
         self.y = torch.randint(0, self.net.num_classes, (batch,), generator=generator).to(device)
         self.failed: Optional[str] = None
 

@@ -25,7 +25,7 @@ __all__ = ["CONF_DIR", "DEFAULT_DATA_DIR", "REGIMES", "label", "model_args", "ne
 #: default data folder, as the CLI's ``--data.data_dir`` (relative to the working directory)
 DEFAULT_DATA_DIR = "../shared/data"
 
-#: regime (config ``conf/{regime}.yaml``) -> its label in the paper's figures
+#: regime (config ``conf/{regime}.yaml``) -> its label in the paper's figures (``conv/``: the invertible CNN)
 REGIMES: Dict[str, str] = {
     "bp": "BP",
     "bp_smooth": "BP-S",
@@ -35,6 +35,11 @@ REGIMES: Dict[str, str] = {
     "gait_smooth_norm": "GAIT-SN",
     "fa": "FA",
     "tp": "TP",
+    "conv/bp": "CNN BP",
+    "conv/gait_norm": "CNN GAIT-N",
+    "conv/gait_smooth_norm": "CNN GAIT-SN",
+    "conv/fa": "CNN FA",
+    "conv/tp": "CNN TP",
 }
 
 

@@ -4,6 +4,7 @@ No timing is asserted here: speed goals live in the benchmark's own output.
 """
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -202,3 +203,35 @@ def test_floor_cli_runs_small(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "exact_lu" in text and "cached_free_upkeep" in text and "Largest delta" in text
     assert json.loads(out.read_text())["entries"][0]["dtype"] == "float64"
+
+
+def test_conv_benchmark_times_the_cnn_regimes(tmp_path, capsys):
+    """The CNN benchmark builds conf/conv/ regimes on one network, steps on image-shaped
+    batches, and writes one row per dtype and variant with its paired ratio to conv BP."""
+    from benchmarks import conv_step_time
+
+    out = tmp_path / "conv.csv"
+    conv_step_time.main(["--dtypes", "float32", "--batch", "2", "--repeats", "2", "--warmup", "0", "--csv", str(out)])
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["variant"] for r in rows] == ["conv_bp", "conv_gait_n", "conv_gait_n_diff"]
+    assert all(r["dtype"] == "float32" and r["repeats"] == "2" and r["parameters"] == "362624" for r in rows)
+    assert float(rows[0]["ratio"]) == 1.0
+    assert all(math.isfinite(float(r["ratio"])) and float(r["ratio"]) > 0 for r in rows[1:])
+    assert "conv_gait_n_diff" in capsys.readouterr().out
+
+
+def test_conv_step_installs_what_training_step_installs():
+    """On the CNN the timed step installs the gradient of training_step's objective (with the penalty)."""
+    from benchmarks.conv_step_time import CONV_VARIANTS
+
+    runner = StepRunner(CONV_VARIANTS["conv_gait_n"], width=None, depth=None, batch=3,
+                        dtype=torch.float64, device=torch.device("cpu"), seed=2)
+    assert runner.x.shape == (3, 3, 32, 32) and runner.rule.ortho_weight == 100.0
+    runner.install_gradients()
+    out = runner.rule.local_objective(runner.x, runner.y)
+    surrogate, _ = orthogonality_surrogate(runner.net)
+    params = [p for pair in runner.net.layer_parameters() for p in pair]
+    reference = torch.autograd.grad(out.objective + runner.rule.ortho_weight * surrogate, params)
+    for p, expected in zip(params, reference):
+        assert torch.allclose(p.grad, expected, rtol=1e-10, atol=1e-12)

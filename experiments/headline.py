@@ -15,21 +15,28 @@ Runs (``RUNS``):
 * ``gait_norm``: GAIT-N, the paper's form, float64;
 * ``gait_norm_diff64`` / ``gait_norm_diff32``: GAIT-N in the difference form, float64 / float32;
 * ``gait_norm_ortho1000``: GAIT-N with orthogonality weight 1000;
+* ``bp_square``: backprop with the square output but no penalty (between ``bp`` and
+  ``bp_matched``: which of the two differences costs backprop accuracy);
 * ``bp_smooth``, ``gait_smooth_norm``: BP-S and GAIT-SN (no leaky-ReLU kink);
+* ``fa``, ``fa_lr1e-5``: feedback alignment at the config's and a smaller learning rate,
+  with the diagnostics (correlation with backprop, condition numbers) along the way;
 * ``conv_bp``, ``conv_gait_norm``, ``conv_gait_norm_diff32``: the invertible CNN
   (``conf/conv/``), against the MLP's curves.
 
-A run writes its logs and checkpoints to ``OUTPUTS/{name}_s{seed}/`` and is resumed from
-its ``last.ckpt`` when started again (also with a larger ``--epochs``: a 20-epoch run
-continues to 200). ``sync`` copies each run's ``metrics.csv`` to
-``results/headline/{name}_s{seed}.csv``; ``report`` prints the table from those CSVs.
+A run lives in ``OUTPUTS/{name}_s{seed}/``; each start of it (the first and every resume)
+logs to a segment ``part{k}/`` of its own (``metrics.csv`` and ``checkpoints/``), and a
+start resumes from the ``last.ckpt`` of the latest segment (also with a larger
+``--epochs``: a 20-epoch run continues to 200).
+``sync`` joins each run's segments into ``results/headline/{name}_s{seed}.csv``;
+``report`` prints the table from those CSVs (``--write``: also the summary CSV and the
+figures).
 
 Commands::
 
     python -m experiments.headline run bp gait_norm --seeds 0 1 --epochs 20
     python -m experiments.headline run gait_norm --seeds 0 --epochs 200
     python -m experiments.headline sync
-    python -m experiments.headline report
+    python -m experiments.headline report --epoch 20 --write
 """
 from __future__ import annotations
 
@@ -37,7 +44,6 @@ import argparse
 import csv
 import math
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -59,8 +65,12 @@ RUNS: Dict[str, tuple] = {
                          "GAIT-N, difference form, float32"),
     "gait_norm_ortho1000": ("gait_norm", ["--model.init_args.ortho_weight", "1000"],
                             "GAIT-N, paper form, penalty 1000"),
+    "bp_square": ("bp", ["--model.init_args.net.init_args.square_output", "true"],
+                  "BP, square output, no penalty"),
     "bp_smooth": ("bp_smooth", [], "BP-S (SL-ReLU)"),
     "gait_smooth_norm": ("gait_smooth_norm", [], "GAIT-SN, paper form, float64"),
+    "fa": ("fa", [], "FA as conf/fa.yaml (lr 2.5e-5)"),
+    "fa_lr1e-5": ("fa", ["--model.init_args.lr", "1e-5"], "FA, lr 1e-5"),
     "conv_bp": ("conv/bp", [], "BP on the invertible CNN (lr 1e-4)"),
     "conv_gait_norm": ("conv/gait_norm", [], "GAIT-N on the invertible CNN, paper form, float64 (lr 1e-4)"),
     "conv_gait_norm_diff32": ("conv/gait_norm", ["--model.init_args.target_mode", "difference",
@@ -77,8 +87,9 @@ def run_id(name: str, seed: int) -> str:
 
 
 def fit_command(name: str, *, seed: int, epochs: int, data_dir: str, outputs: Path,
-                ckpt_path: Optional[Path] = None) -> List[str]:
-    """The ``fit`` command line of run ``name`` (resuming from ``ckpt_path`` if given)."""
+                ckpt_path: Optional[Path] = None, log_version: str = "part1") -> List[str]:
+    """The ``fit`` command line of run ``name`` (resuming from ``ckpt_path`` if given),
+    logging to ``OUTPUTS/{run_id}/{log_version}/metrics.csv``."""
     if name not in RUNS:
         raise ValueError(f"unknown run {name!r}; choose from {', '.join(RUNS)}")
     config, overrides, _ = RUNS[name]
@@ -92,7 +103,7 @@ def fit_command(name: str, *, seed: int, epochs: int, data_dir: str, outputs: Pa
         "--trainer.default_root_dir", str(outputs / rid),
         "--trainer.logger", "pytorch_lightning.loggers.CSVLogger",
         "--trainer.logger.save_dir", str(outputs), "--trainer.logger.name", rid,
-        "--trainer.logger.version", "",
+        "--trainer.logger.version", log_version,
         "--trainer.enable_progress_bar", "false",
         "--test_after_fit", "false",
     ]
@@ -102,19 +113,64 @@ def fit_command(name: str, *, seed: int, epochs: int, data_dir: str, outputs: Pa
 
 
 def last_checkpoint(outputs: Path, rid: str) -> Optional[Path]:
-    path = outputs / rid / "checkpoints" / "last.ckpt"
-    return path if path.is_file() else None
+    """The ``last.ckpt`` of the run's latest segment that has one (checkpoints lie beside
+    the segment's log: ``{run_id}/checkpoints`` or ``{run_id}/part{k}/checkpoints``)."""
+    run_dir = outputs / rid
+    candidates = [run_dir / "checkpoints" / "last.ckpt"]
+    candidates += [seg.parent / "checkpoints" / "last.ckpt" for seg in log_segments(run_dir) if seg.parent != run_dir]
+    found = [path for path in candidates if path.is_file()]
+    return found[-1] if found else None
+
+
+def log_segments(run_dir: Path) -> List[Path]:
+    """The metrics files of one run in the order they were written: ``metrics.csv`` in the
+    run's folder (a run logged without segments) first, then ``part{k}/metrics.csv`` by ``k``.
+
+    Each start of a run (the first and every resume) logs to a segment of its own: the CSV
+    logger rewrites a ``metrics.csv`` it finds from what it holds in memory, which would
+    drop the epochs logged before the resume.
+    """
+    parts = []
+    for path in run_dir.glob("part*/metrics.csv"):
+        index = path.parent.name[len("part"):]
+        if index.isdigit():
+            parts.append((int(index), path))
+    legacy = [run_dir / "metrics.csv"] if (run_dir / "metrics.csv").is_file() else []
+    return legacy + [path for _, path in sorted(parts)]
+
+
+def next_log_version(run_dir: Path) -> str:
+    """The segment the next start of the run logs to: ``part{k+1}`` after the last ``part{k}``."""
+    indices = [0] + [int(p.parent.name[len("part"):]) for p in log_segments(run_dir) if p.parent != run_dir]
+    return f"part{max(indices) + 1}"
+
+
+def merge_segments(segments: Sequence[Path], dest: Path) -> Path:
+    """Concatenate metrics CSVs (columns: the union, in order of appearance) into ``dest``."""
+    rows: List[Dict[str, str]] = []
+    columns: Dict[str, None] = {}
+    for path in segments:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            columns.update(dict.fromkeys(reader.fieldnames or []))
+            rows.extend(reader)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns), restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    return dest
 
 
 def sync(outputs: Path = OUTPUTS_DIR, results: Path = RESULTS_DIR) -> List[Path]:
-    """Copy every run's ``metrics.csv`` to ``results/{run_id}.csv``; return the copies."""
-    copied = []
-    for metrics in sorted(outputs.glob("*/metrics.csv")):
-        results.mkdir(parents=True, exist_ok=True)
-        dest = results / f"{metrics.parent.name}.csv"
-        shutil.copyfile(metrics, dest)
-        copied.append(dest)
-    return copied
+    """Write each run's metrics (all its segments, in order) to ``results/{run_id}.csv``;
+    return the files written."""
+    written = []
+    for run_dir in sorted(p for p in outputs.iterdir() if p.is_dir()) if outputs.is_dir() else []:
+        segments = log_segments(run_dir)
+        if segments:
+            written.append(merge_segments(segments, results / f"{run_dir.name}.csv"))
+    return written
 
 
 def read_epochs(path: Path) -> List[Dict[str, float]]:
@@ -173,13 +229,122 @@ def summarize(results: Path = RESULTS_DIR, at_epoch: Optional[int] = None) -> Li
     return out
 
 
+def aggregate(rows: Sequence[Dict[str, object]], baseline: str = "bp") -> List[Dict[str, object]]:
+    """Per run, over its seeds (rows of :func:`summarize`): mean, min and max of the final and
+    best test accuracy, the mean layer-1 correlation with backprop, and the gap of the mean
+    final accuracy to ``baseline``'s (positive: below the baseline), in the order of ``RUNS``."""
+    by_run: Dict[str, List[Dict[str, object]]] = {}
+    for row in rows:
+        by_run.setdefault(str(row["run"]), []).append(row)
+    order = [n for n in RUNS if n in by_run] + sorted(n for n in by_run if n not in RUNS)
+    out = []
+    for name in order:
+        seeds = sorted(by_run[name], key=lambda r: r["seed"])
+        final = [float(r["final_test_acc"]) for r in seeds]
+        best = [float(r["best_test_acc"]) for r in seeds]
+        corr = [float(r["bp_corr_layer_1"]) for r in seeds]
+        out.append({
+            "run": name, "label": RUNS[name][2] if name in RUNS else name,
+            "seeds": " ".join(str(r["seed"]) for r in seeds), "epochs": " ".join(str(r["epochs"]) for r in seeds),
+            "final_mean": sum(final) / len(final), "final_min": min(final), "final_max": max(final),
+            "best_mean": sum(best) / len(best), "best_min": min(best), "best_max": max(best),
+            "bp_corr_layer_1_mean": sum(corr) / len(corr),  # NaN when a run logs none (backprop)
+        })
+    base = next((r for r in out if r["run"] == baseline), None)
+    for r in out:
+        r["gap_to_bp"] = base["final_mean"] - r["final_mean"] if base is not None else math.nan
+    return out
+
+
+def write_summary(rows: Sequence[Dict[str, object]], path: Path) -> Path:
+    """Write the rows of :func:`aggregate` to the CSV ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def format_table(rows: Sequence[Dict[str, object]]) -> str:
+    """A markdown table of :func:`aggregate`'s rows (accuracies in %; range over seeds in brackets)."""
+
+    def pct(r, key):
+        lo, hi = 100 * r[f"{key}_min"], 100 * r[f"{key}_max"]
+        mean = f"{100 * r[f'{key}_mean']:.2f}"
+        return mean if lo == hi else f"{mean} ({lo:.2f}-{hi:.2f})"
+
+    lines = ["| run | seeds | epochs | final test acc % | best test acc % | gap to BP (pp) | layer-1 r |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        corr = r["bp_corr_layer_1_mean"]
+        corr_text = "-" if math.isnan(corr) else f"{corr:.4f}"
+        gap = "-" if math.isnan(r["gap_to_bp"]) else f"{100 * r['gap_to_bp']:+.2f}"
+        lines.append(f"| {r['label']} | {r['seeds']} | {r['epochs']} | {pct(r, 'final')} | {pct(r, 'best')} | "
+                     f"{gap} | {corr_text} |")
+    return "\n".join(lines)
+
+
+def plot_curves(results: Path, path: Path, *, names: Optional[Sequence[str]] = None,
+                max_epoch: Optional[int] = None, title: str = "") -> Optional[Path]:
+    """Test accuracy (left) and layer-1 correlation with backprop (right) against the epoch,
+    one colour per run, one line per seed (dashed: seeds after the first). ``None`` when
+    no run has a finished epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves: Dict[str, List[tuple]] = {}
+    for csv_path in sorted(results.glob("*_s*.csv")):
+        name, _, seed = csv_path.stem.rpartition("_s")
+        if names is not None and name not in names:
+            continue
+        epochs = [e for e in read_epochs(csv_path) if max_epoch is None or e["epoch"] <= max_epoch]
+        if epochs:
+            curves.setdefault(name, []).append((int(seed), epochs))
+    if not curves:
+        return None
+    order = [n for n in (names or RUNS) if n in curves]
+    colours = {name: f"C{k}" for k, name in enumerate(order)}
+    fig, (ax_acc, ax_corr) = plt.subplots(1, 2, figsize=(12, 4.4))
+    for name in order:
+        for k, (seed, epochs) in enumerate(sorted(curves[name])):
+            xs = [e["epoch"] for e in epochs]
+            style = "-" if k == 0 else "--"
+            label = f"{RUNS[name][2] if name in RUNS else name}" if k == 0 else None
+            ax_acc.plot(xs, [100 * e["test_acc"] for e in epochs], style, color=colours[name], lw=1.2, label=label)
+            corr = [(e["epoch"], e["bp_corr/layer_1"]) for e in epochs if "bp_corr/layer_1" in e]
+            if corr:
+                ax_corr.plot(*zip(*corr), style, color=colours[name], lw=1.2)
+    ax_acc.set_xlabel("epoch")
+    ax_acc.set_ylabel("test accuracy (%)")
+    ax_acc.legend(fontsize=7, loc="lower right")
+    ax_corr.set_xlabel("epoch")
+    ax_corr.set_ylabel("layer-1 correlation with backprop (float64)")
+    ax_corr.ticklabel_format(useOffset=False)
+    for a in (ax_acc, ax_corr):
+        a.grid(alpha=0.3)
+    fig.suptitle(title or "CIFAR-10, one line per seed (dashed: second seed)", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def _run_queue(names: Sequence[str], seeds: Sequence[int], epochs: int, data_dir: str, outputs: Path,
                results: Path, fit_args: Sequence[str] = ()) -> int:
     for seed in seeds:
         for name in names:
             rid = run_id(name, seed)
-            cmd = fit_command(name, seed=seed, epochs=epochs, data_dir=data_dir, outputs=outputs,
-                              ckpt_path=last_checkpoint(outputs, rid)) + list(fit_args)
+            ckpt = last_checkpoint(outputs, rid)
+            if ckpt is None and log_segments(outputs / rid):
+                print(f"{outputs / rid} holds logs but no last.ckpt to resume from; "
+                      f"remove the folder to start run {rid} again", file=sys.stderr, flush=True)
+                return 1
+            cmd = fit_command(name, seed=seed, epochs=epochs, data_dir=data_dir, outputs=outputs, ckpt_path=ckpt,
+                              log_version=next_log_version(outputs / rid)) + list(fit_args)
             print("+", " ".join(cmd), flush=True)
             code = subprocess.call(cmd)
             sync(outputs, results)
@@ -201,6 +366,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      help="further options passed to fit as they are (give last)")
     report = sub.add_parser("report", help="print the table from the results folder")
     report.add_argument("--epoch", type=int, default=None, help="compare at this epoch (default: each run's last)")
+    report.add_argument("--seeds-table", action="store_true",
+                        help="also print one line per run and seed")
+    report.add_argument("--write", action="store_true",
+                        help="write summary_epoch{N}.csv and the figures into the results folder")
     for p in (run, sub.add_parser("sync", help="copy metrics.csv files into the results folder"), report):
         p.add_argument("--outputs", default=str(OUTPUTS_DIR))
         p.add_argument("--results", default=str(RESULTS_DIR))
@@ -212,10 +381,38 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for path in sync(outputs, results):
             print(path)
         return 0
-    for row in summarize(results, at_epoch=args.epoch):
-        print(f"{row['run']:22s} seed {row['seed']}  epochs {row['epochs']:3d}  final {100 * row['final_test_acc']:.2f}  "
-              f"best {100 * row['best_test_acc']:.2f} (epoch {row['best_epoch']})  "
-              f"layer-1 r {row['bp_corr_layer_1']:.4f}")
+    rows = summarize(results, at_epoch=args.epoch)
+    if not rows:
+        print(f"no finished epoch in {results}/*_s*.csv (run `sync` after `run`)", file=sys.stderr)
+        return 1
+    if args.seeds_table:
+        for row in rows:
+            print(f"{row['run']:22s} seed {row['seed']}  epochs {row['epochs']:3d}  "
+                  f"final {100 * row['final_test_acc']:.2f}  best {100 * row['best_test_acc']:.2f} "
+                  f"(epoch {row['best_epoch']})  layer-1 r {row['bp_corr_layer_1']:.4f}")
+    if args.epoch is not None:  # compare only runs that reached the epoch; name the others
+        running = [r for r in rows if r["epochs"] < args.epoch]
+        rows = [r for r in rows if r["epochs"] >= args.epoch]
+        for r in running:
+            print(f"not yet at epoch {args.epoch}: {run_id(r['run'], r['seed'])} ({r['epochs']} epochs)")
+        if not rows:
+            print(f"no run has reached epoch {args.epoch}", file=sys.stderr)
+            return 1
+    table = aggregate(rows)
+    print(format_table(table))
+    if args.write:
+        suffix = f"epoch{args.epoch}" if args.epoch is not None else "last"
+        print("wrote", write_summary(table, results / f"summary_{suffix}.csv"))
+        controlled = plot_curves(results, results / f"curves_{suffix}.png", max_epoch=args.epoch,
+                                 names=[n for n in RUNS if not n.startswith("conv_")],
+                                 title=f"MLP runs (float64 unless named), epochs 1-{args.epoch or 'last'}")
+        full = plot_curves(results, results / "full_length.png", names=["bp", "gait_norm"],
+                           title="BP and GAIT-N at full length (as far as the runs got)")
+        conv = plot_curves(results, results / f"conv_{suffix}.png", max_epoch=args.epoch,
+                           names=["bp", "gait_norm", "conv_bp", "conv_gait_norm", "conv_gait_norm_diff32"],
+                           title="invertible CNN against the MLP")
+        for figure, what in ((controlled, "MLP curves"), (full, "full-length curves"), (conv, "CNN curves")):
+            print(f"wrote {figure}" if figure else f"skipped the {what}: no run with a finished epoch")
     return 0
 
 

@@ -1,0 +1,121 @@
+"""The headline experiment: its runs are the configs they claim to be, a run trains,
+resumes and is summarised from the CSV it writes."""
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+
+from experiments import headline
+from experiments.common import regime_cli
+
+
+def _settings(name):
+    config, overrides, _ = headline.RUNS[name]
+    rule = regime_cli(config, *overrides).model
+    net = rule.net
+    return rule, net
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("bp", dict(rule="Backprop", square_output=False, ortho_weight=0.0)),
+    ("bp_square", dict(rule="Backprop", square_output=True, ortho_weight=0.0)),
+    ("bp_matched", dict(rule="Backprop", square_output=True, ortho_weight=100.0)),
+    ("gait_norm", dict(rule="GAITProp", square_output=True, ortho_weight=100.0, target_mode="absolute")),
+    ("gait_norm_diff32", dict(rule="GAITProp", square_output=True, ortho_weight=100.0, target_mode="difference")),
+    ("gait_norm_ortho1000", dict(rule="GAITProp", square_output=True, ortho_weight=1000.0, target_mode="absolute")),
+    ("fa_lr1e-5", dict(rule="FeedbackAlignment", lr=1e-5)),
+])
+def test_runs_are_what_their_names_say(name, expected):
+    rule, net = _settings(name)
+    assert type(rule).__name__ == expected.pop("rule")
+    for key, value in expected.items():
+        owner = net if key == "square_output" else rule
+        assert getattr(owner, key) == value, (name, key)
+
+
+def test_matched_baseline_trains_the_gait_network():
+    """BP's matched baseline has exactly GAIT-N's parameter shapes (same network, other rule)."""
+    _, gait = _settings("gait_norm")
+    _, matched = _settings("bp_matched")
+    _, plain = _settings("bp")
+    shapes = lambda net: [tuple(p.shape) for p in net.parameters()]  # noqa: E731
+    assert shapes(matched) == shapes(gait) and shapes(plain) != shapes(gait)
+
+
+def test_float32_run_asks_for_float32():
+    _, overrides, _ = headline.RUNS["gait_norm_diff32"]
+    assert overrides[overrides.index("--trainer.precision") + 1] == "32-true"
+
+
+def _write_metrics(path, rows):
+    keys = sorted({k for row in rows for k in row})
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_read_epochs_counts_a_resumed_epoch_once_and_pairs_the_correlation(tmp_path):
+    path = tmp_path / "gait_norm_s0.csv"
+    _write_metrics(path, [
+        {"step": 40, "bp_corr/layer_1": 0.99},
+        {"step": 49, "epoch": 0, "val/acc": 0.30, "train/acc_epoch": 0.25},
+        {"step": 90, "bp_corr/layer_1": 0.98},
+        {"step": 99, "epoch": 1, "val/acc": 0.33},  # interrupted here, resumed from epoch 1's start
+        {"step": 99, "epoch": 1, "val/acc": 0.35},
+    ])
+    epochs = headline.read_epochs(path)
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert epochs[1]["test_acc"] == 0.35
+    assert epochs[0]["bp_corr/layer_1"] == 0.99 and epochs[1]["bp_corr/layer_1"] == 0.98
+
+
+def test_aggregate_means_ranges_and_gap():
+    rows = [
+        {"run": "bp", "seed": 0, "epochs": 20, "final_test_acc": 0.48, "best_test_acc": 0.49, "bp_corr_layer_1": 1.0},
+        {"run": "bp", "seed": 1, "epochs": 20, "final_test_acc": 0.50, "best_test_acc": 0.50, "bp_corr_layer_1": 1.0},
+        {"run": "gait_norm", "seed": 0, "epochs": 20, "final_test_acc": 0.44, "best_test_acc": 0.45,
+         "bp_corr_layer_1": 0.999},
+        {"run": "gait_norm", "seed": 1, "epochs": 20, "final_test_acc": 0.46, "best_test_acc": 0.46,
+         "bp_corr_layer_1": math.nan},
+    ]
+    table = {r["run"]: r for r in headline.aggregate(rows)}
+    assert table["bp"]["final_mean"] == pytest.approx(0.49) and table["bp"]["gap_to_bp"] == 0.0
+    gait = table["gait_norm"]
+    assert (gait["final_min"], gait["final_max"]) == (0.44, 0.46)
+    assert gait["gap_to_bp"] == pytest.approx(0.04)
+    assert math.isnan(gait["bp_corr_layer_1_mean"])  # a missing correlation is not averaged away
+    text = headline.format_table(headline.aggregate(rows))
+    assert "| 45.00 (44.00-46.00) |" in text and "+4.00" in text
+
+
+def test_run_resume_sync_and_report(tiny_cifar_root, tmp_path, capsys):
+    """A run trains through fit, is resumed to a longer budget from its last.ckpt, and the
+    report writes the summary CSV and figures from the synced CSV."""
+    outputs, results = tmp_path / "outputs", tmp_path / "results"
+    common = ["--seeds", "0", "--data-dir", str(tiny_cifar_root), "--outputs", str(outputs),
+              "--results", str(results), "--fit-args", "--data.verify_checksums", "false",
+              "--model.init_args.net.init_args.width", "16",
+              "--model.init_args.net.init_args.depth", "2"]
+    assert headline.main(["run", "bp", "--epochs", "1", *common]) == 0
+    assert headline.last_checkpoint(outputs, "bp_s0") == outputs / "bp_s0" / "part1" / "checkpoints" / "last.ckpt"
+    assert [e["epoch"] for e in headline.read_epochs(results / "bp_s0.csv")] == [1]
+    assert headline.main(["run", "bp", "--epochs", "2", *common]) == 0
+    assert "--ckpt_path" in capsys.readouterr().out  # the second run resumed the first
+    assert headline.last_checkpoint(outputs, "bp_s0").parent.parent.name == "part2"
+    assert [e["epoch"] for e in headline.read_epochs(results / "bp_s0.csv")] == [1, 2]
+
+    assert headline.main(["report", "--epoch", "2", "--write", "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "| BP (500 -> 10 output, no penalty) | 0 | 2 |" in out
+    with open(results / "summary_epoch2.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["run"] == "bp" and 0.0 <= float(row["final_mean"]) <= 1.0
+    assert (results / "curves_epoch2.png").stat().st_size > 0
+    assert (results / "full_length.png").stat().st_size > 0
+    assert "skipped the CNN curves" not in out  # bp is on the CNN figure as the MLP reference
+
+    assert headline.main(["report", "--epoch", "3", "--results", str(results)]) == 1
+    assert "not yet at epoch 3: bp_s0 (2 epochs)" in capsys.readouterr().out

@@ -20,7 +20,7 @@ Runs (``RUNS``):
 * ``bp_smooth``, ``gait_smooth_norm``: BP-S and GAIT-SN (no leaky-ReLU kink);
 * ``fa``, ``fa_lr1e-5``: feedback alignment at the config's and a smaller learning rate,
   with the diagnostics (correlation with backprop, condition numbers) along the way;
-* ``conv_bp``, ``conv_gait_norm``, ``conv_gait_norm_diff32``: the invertible CNN
+* ``conv_bp``, ``conv_bp32``, ``conv_gait_norm``, ``conv_gait_norm_diff32``: the invertible CNN
   (``conf/conv/``), against the MLP's curves.
 
 A run lives in ``OUTPUTS/{name}_s{seed}/``; each start of it (the first and every resume)
@@ -72,6 +72,7 @@ RUNS: Dict[str, tuple] = {
     "fa": ("fa", [], "FA as conf/fa.yaml (lr 2.5e-5)"),
     "fa_lr1e-5": ("fa", ["--model.init_args.lr", "1e-5"], "FA, lr 1e-5"),
     "conv_bp": ("conv/bp", [], "BP on the invertible CNN (lr 1e-4)"),
+    "conv_bp32": ("conv/bp", ["--trainer.precision", "32-true"], "BP on the invertible CNN, float32 (lr 1e-4)"),
     "conv_gait_norm": ("conv/gait_norm", [], "GAIT-N on the invertible CNN, paper form, float64 (lr 1e-4)"),
     "conv_gait_norm_diff32": ("conv/gait_norm", ["--model.init_args.target_mode", "difference",
                                                  "--trainer.precision", "32-true"],
@@ -409,7 +410,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         full = plot_curves(results, results / "full_length.png", names=["bp", "gait_norm"],
                            title="BP and GAIT-N at full length (as far as the runs got)")
         conv = plot_curves(results, results / f"conv_{suffix}.png", max_epoch=args.epoch,
-                           names=["bp", "gait_norm", "conv_bp", "conv_gait_norm", "conv_gait_norm_diff32"],
+                           names=["bp", "gait_norm", "conv_bp", "conv_bp32", "conv_gait_norm", "conv_gait_norm_diff32"],
                            title="invertible CNN against the MLP")
         for figure, what in ((controlled, "MLP curves"), (full, "full-length curves"), (conv, "CNN curves")):
             print(f"wrote {figure}" if figure else f"skipped the {what}: no run with a finished epoch")

@@ -112,7 +112,9 @@ class StepRunner:
         plus the gradient of the orthogonality surrogate (when ``ortho_weight > 0``)."""
         self.optimizer.zero_grad(set_to_none=True)
         for (gw, gb), (weight, bias) in zip(self.rule.local_gradients(self.x, self.y), self.net.layer_parameters()):
-            weight.grad, bias.grad = gw, gb
+            weight.grad = gw
+            if bias is not None:
+                bias.grad = gb
         if self.ortho_weight > 0:
             surrogate, _ = orthogonality_surrogate(self.net)
             (self.ortho_weight * surrogate).backward()  # adds to the installed .grad

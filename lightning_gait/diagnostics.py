@@ -125,11 +125,7 @@ def backprop_gradients(net: nn.Module, x: Tensor, y: Tensor, *, loss_reduction: 
         raise ValueError(f"loss_reduction must be 'sum' or 'mean', got {loss_reduction!r}")
     trace = net.trace(x)
     loss = F.cross_entropy(net.logits(trace.output), y, reduction=loss_reduction)
-    pairs = net.layer_parameters()
-    params = [p for pair in pairs for p in pair]
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
-    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
-    return [(grads[2 * i], grads[2 * i + 1]) for i in range(len(pairs))]
+    return net.pair_gradients(loss)
 
 
 def alignment_metrics(updates: GradientPairs, reference: GradientPairs) -> Dict[str, float]:

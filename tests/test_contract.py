@@ -171,3 +171,40 @@ def test_readme_example_network_and_data_train_from_the_cli(tmp_path, monkeypatc
     code = fit.main(argv[3:] + ["--data.download", "false", "--data.val_size", "16", "--trainer.logger", "false",
                                 "--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path)])
     assert code == 0
+
+
+def _without_biases(net):
+    """``net`` with every layer's bias removed (``bias = None``, as ``nn.Linear(bias=False)``)."""
+    for layer in net.layers:
+        del layer.bias
+        layer.bias = None
+    return net
+
+
+def test_layers_without_bias_follow_the_contract():
+    """A network whose layers have no bias: reset works, backprop equals autograd, GAIT-N
+    matches backprop at initialisation, FA and TP give finite weight updates and no bias's."""
+    from lightning_gait import InvertibleMLP
+
+    torch.manual_seed(0)
+    net = _without_biases(InvertibleMLP(in_features=20, num_classes=4, width=20, depth=3, square_output=True))
+    net.reset_parameters()
+    net = net.double()
+    assert all(bias is None for _, bias in net.layer_parameters())
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.rand(16, 20, generator=g, dtype=torch.float64), torch.randint(0, 4, (16,), generator=g)
+
+    loss = torch.nn.functional.cross_entropy(net(x), y, reduction="sum")
+    expected = torch.autograd.grad(loss, [w for w, _ in net.layer_parameters()])
+    got = Backprop(net).double().local_gradients(x, y)
+    for (gw, gb), reference in zip(got, expected):
+        assert gb is None
+        torch.testing.assert_close(gw, reference, rtol=1e-12, atol=1e-12)
+
+    rule = GAITProp(net, normalize=True, eta=1e-7).double()
+    metrics = rule_alignment(rule, x, y)
+    assert min(metrics[f"bp_corr/layer_{k}"] for k in range(1, 4)) >= 0.9999, metrics
+
+    for rule_cls in (FeedbackAlignment, TargetProp):
+        grads = rule_cls(net).double().local_gradients(x, y)
+        assert all(gb is None and torch.isfinite(gw).all() for gw, gb in grads)

@@ -32,6 +32,7 @@ from abc import ABC
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
+import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -80,10 +81,11 @@ class InvertibleNetwork(nn.Module, ABC):
 
     def reset_parameters(self) -> None:
         """(Semi-)orthogonal weights (``nn.init.orthogonal_``, trailing dimensions
-        flattened) and zero biases for every layer."""
+        flattened) and zero biases for every layer (a layer may have ``bias = None``)."""
         for layer in self.layers:
             nn.init.orthogonal_(layer.weight)
-            nn.init.zeros_(layer.bias)
+            if getattr(layer, "bias", None) is not None:
+                nn.init.zeros_(layer.bias)
 
     def prepare_input(self, x: Tensor) -> Tensor:
         """The network's input from a batch as the DataModule gives it (checks its shape)."""
@@ -109,8 +111,28 @@ class InvertibleNetwork(nn.Module, ABC):
         return len(self.layers)
 
     def layer_parameters(self) -> List[Tuple[Tensor, Optional[Tensor]]]:
-        """``(weight, bias)`` of every layer, input to output: what each local loss updates."""
-        return [(layer.weight, layer.bias) for layer in self.layers]
+        """``(weight, bias)`` of every layer, input to output: what each local loss updates
+        (``bias`` is ``None`` for a layer without one)."""
+        return [(layer.weight, getattr(layer, "bias", None)) for layer in self.layers]
+
+    def pair_gradients(self, objective: Tensor) -> List[Tuple[Tensor, Optional[Tensor]]]:
+        """``(d objective / d weight, d objective / d bias)`` per layer, input to output,
+        by one :func:`torch.autograd.grad` (``.grad`` untouched); zeros for a parameter
+        the objective does not reach, ``None`` where a layer has no bias."""
+        pairs = self.layer_parameters()
+        params = [p for pair in pairs for p in pair if p is not None]
+        grads = iter(torch.autograd.grad(objective, params, allow_unused=True))
+        out = []
+        for pair in pairs:
+            row = []
+            for p in pair:
+                if p is None:
+                    row.append(None)
+                    continue
+                g = next(grads)
+                row.append(torch.zeros_like(p) if g is None else g)
+            out.append((row[0], row[1]))
+        return out
 
     def view(self, index: int) -> MatrixView:
         """Layer ``index``'s affine map as a matrix on rows (:func:`~lightning_gait.networks.layers.matrix_view`)."""

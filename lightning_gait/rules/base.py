@@ -198,18 +198,16 @@ class LocalLearningRule(pl.LightningModule):
 
     @torch.enable_grad()
     def local_gradients(self, x: Tensor, y: Tensor) -> List[Tuple[Tensor, Tensor]]:
-        """The (weight, bias) gradient that this rule installs for batch ``(x, y)``, per layer.
+        """The (weight, bias) gradient that this rule installs for batch ``(x, y)``, per layer
+        (``None`` for the bias of a layer without one).
 
         Input to output, ``nn.Linear`` layout and sign (to be subtracted), without the
         orthogonality penalty, without stepping and without touching ``.grad``.
         ``training_step`` uses the same :meth:`local_objective`.
         """
         out = self.local_objective(x, y)
-        params = [p for pair in self.parameter_pairs for p in pair]
         with record_function("lightning_gait.backward"):
-            grads = torch.autograd.grad(out.objective, params, allow_unused=True)
-        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
-        return [(grads[2 * i], grads[2 * i + 1]) for i in range(len(grads) // 2)]
+            return self.net.pair_gradients(out.objective)
 
     def check_finite(self, tensors: Sequence[Optional[Tensor]], *, what: str) -> None:
         """Raise :class:`NonFiniteError` naming the layer (from 1 at the input) and the step.

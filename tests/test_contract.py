@@ -208,3 +208,21 @@ def test_layers_without_bias_follow_the_contract():
     for rule_cls in (FeedbackAlignment, TargetProp):
         grads = rule_cls(net).double().local_gradients(x, y)
         assert all(gb is None and torch.isfinite(gw).all() for gw, gb in grads)
+
+
+def test_a_network_without_activations_is_told_what_to_set():
+    from torch import nn
+
+    from lightning_gait.networks import InvertibleNetwork
+
+    class NoActivations(InvertibleNetwork):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList([nn.Linear(4, 4), nn.Linear(4, 4)])
+            self.num_classes = 2
+
+    net = NoActivations()
+    with pytest.raises(NotImplementedError, match=r"NoActivations sets no `activation`.*override `activation_of"):
+        net.trace(torch.zeros(1, 4))
+    with pytest.raises(NotImplementedError, match="no `output_activation`"):
+        net.activation_of(1)

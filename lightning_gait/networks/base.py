@@ -77,7 +77,15 @@ class InvertibleNetwork(nn.Module, ABC):
     def activation_of(self, index: int) -> InvertibleActivation:
         """The elementwise activation after layer ``index``: ``activation`` after a hidden
         layer, ``output_activation`` (the identity for a linear output) after the last."""
-        return self.output_activation if index == self.num_layers - 1 else self.activation
+        name = "output_activation" if index == self.num_layers - 1 else "activation"
+        activation = getattr(self, name, None)
+        if activation is None:
+            raise NotImplementedError(
+                f"{type(self).__name__} sets no `{name}`: set `self.activation` and `self.output_activation` "
+                f"(e.g. lightning_gait.activations.build_activation('leaky_relu') and Identity()) in __init__, "
+                f"or override `activation_of(index)`"
+            )
+        return activation
 
     def reset_parameters(self) -> None:
         """(Semi-)orthogonal weights (``nn.init.orthogonal_``, trailing dimensions

@@ -76,3 +76,16 @@ def test_notebooks_draw_the_committed_results(kernel_name, monkeypatch):
     monkeypatch.setenv("LIGHTNING_GAIT_RUN", "0")
     assert images(execute("fig2b_correlation.ipynb", kernel_name)) >= 1
     assert images(execute("fig2a_training.ipynb", kernel_name)) == 1
+
+
+def test_headline_notebook_draws_the_committed_runs(kernel_name, monkeypatch):
+    results = REPO / "results" / "headline"
+    if not any(results.glob("*_s*.csv")):
+        pytest.skip("no committed results/headline to draw")
+    monkeypatch.setenv("LIGHTNING_GAIT_HEADLINE_RESULTS", str(results))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nb = execute("headline.ipynb", kernel_name)
+    assert images(nb) == 2  # the controlled curves and the full length
+    assert "GAIT-N, paper form, float64" in "".join(
+        out.get("data", {}).get("text/markdown", "") for cell in nb.cells if cell.cell_type == "code"
+        for out in cell.get("outputs", []))

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 #: lines that told a user nothing (each was printed by some run before it was switched off)
@@ -53,34 +55,55 @@ def test_a_short_fit_without_logger_prints_no_noise(tiny_cifar_root, tmp_path):
     assert "stopped: max_epochs=1 reached" in summary and "test/acc = " in summary
 
 
-def test_a_misspelt_option_gets_a_short_error_with_the_real_help_command(tmp_path):
-    result = run_fit(["--config", "gait_norm", "--trainer.max_epohcs", "1"], tmp_path)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert lines == ["error: unrecognized arguments: --trainer.max_epohcs 1",
-                     "  --trainer.max_epohcs: did you mean --trainer.max_epochs?",
-                     "Options and configs: python -m lightning_gait.fit --help"], result.stderr
-    assert result.stdout == ""
+@pytest.fixture
+def new_user(monkeypatch, tmp_path):
+    """This process as a new user's: no W&B mode, key or netrc, in an empty folder."""
+    for key in [k for k in os.environ if k.startswith("WANDB_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["lightning-gait-fit"])
 
 
-def test_an_abbreviated_option_is_an_error_not_a_guess(tmp_path):
-    result = run_fit(["--config", "gait_norm", "--trainer.max_epoch", "1", "--print_config"], tmp_path)
-    assert result.returncode == 2
-    assert "did you mean --trainer.max_epochs?" in result.stderr
-    assert "Deprecat" not in result.stderr
+def fit_in_process(args) -> int:
+    from lightning_gait import fit
+
+    try:
+        return fit.main(args)
+    except SystemExit as stop:  # --help and --print_config exit
+        return stop.code or 0
 
 
-def test_print_config_says_nothing_about_wandb(tmp_path):
-    result = run_fit(["--config", "bp", "--print_config"], tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == "" and "logging offline" not in result.stdout
+def test_a_misspelt_option_gets_a_short_error_with_the_real_help_command(new_user, capfd):
+    assert fit_in_process(["--config", "gait_norm", "--trainer.max_epohcs", "1"]) == 2
+    printed = capfd.readouterr()
+    assert printed.err.strip().splitlines() == [
+        "error: unrecognized arguments: --trainer.max_epohcs 1",
+        "  --trainer.max_epohcs: did you mean --trainer.max_epochs?",
+        "Options and configs: python -m lightning_gait.fit --help"], printed.err
+    assert printed.out == ""
 
 
-def test_help_names_the_command_lists_config_names_and_says_nothing_about_wandb(tmp_path):
-    result = run_fit(["--help"], tmp_path)
-    assert result.returncode == 0 and result.stderr == ""
-    assert result.stdout.startswith("usage: python -m lightning_gait.fit ")
-    listing = result.stdout.split("Configs: --config NAME", 1)[1]
+def test_an_abbreviated_option_is_an_error_not_a_guess(new_user, capfd):
+    assert fit_in_process(["--config", "gait_norm", "--trainer.max_epoch", "1", "--print_config"]) == 2
+    err = capfd.readouterr().err
+    assert "did you mean --trainer.max_epochs?" in err and "Deprecat" not in err
+
+
+def test_print_config_says_nothing_about_wandb(new_user, capfd):
+    assert fit_in_process(["--config", "bp", "--print_config"]) == 0
+    printed = capfd.readouterr()
+    assert printed.err == "" and "logging offline" not in printed.out
+    assert "WANDB_MODE" not in os.environ
+
+
+def test_help_names_the_command_lists_config_names_and_says_nothing_about_wandb(new_user, capfd):
+    assert fit_in_process(["--help"]) == 0
+    printed = capfd.readouterr()
+    assert printed.err == ""
+    assert printed.out.startswith("usage: python -m lightning_gait.fit ")
+    listing = printed.out.split("Configs: --config NAME", 1)[1]
     assert "\n  gait_norm " in listing and "\n  conv/gait_norm " in listing
     assert "conf/" not in listing.replace(str(REPO_ROOT / "lightning_gait" / "conf"), "")
 

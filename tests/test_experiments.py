@@ -170,6 +170,8 @@ def test_regimes_come_from_fits_parser():
     assert cli.trainer.precision == "32-true" and cli.trainer.loggers == [] and cli.datamodule.batch_size == 256
     with pytest.raises(ValueError, match="regime"):
         build_regime("sgd")
+    with pytest.raises(ValueError, match="invalid overrides .*etaa"):
+        build_regime("gait_norm", "--model.init_args.etaa", "1e-7")
 
 
 def test_training_command_records_test_accuracy(tiny_cifar_root, tmp_path):

@@ -11,6 +11,7 @@ logging, the finiteness check of the update, the loss of the output layer).
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Dict, List, Optional
 
@@ -102,6 +103,10 @@ def profile_split(runner: StepRunner, *, steps: int, warmup: int) -> Optional[Di
 
     device = runner.device
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    # Kineto, the profiler's backend, prints its start and stop markers for every profile (and,
+    # without a GPU, a gpuGetDeviceCount "error"); level 6 keeps it silent. Read when the first
+    # profile starts; a KINETO_LOG_LEVEL already set wins.
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     prof = profile(activities=activities)
     callback = _ProfiledSteps(prof, device, warmup, steps)
     trainer = make_trainer(device, runner.x.dtype, warmup + steps, [callback])

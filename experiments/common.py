@@ -11,6 +11,7 @@ write them): ``build_regime("gait_norm", *model_args(target_mode="difference"))`
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import warnings
 from contextlib import contextmanager
@@ -117,8 +118,8 @@ def regime_cli(name: str, *overrides: str, seed: int | None = None):
     with _quiet_lightning():
         try:
             return _build_cli(args)
-        except SystemExit as err:  # jsonargparse reports a bad argument and exits
-            raise ValueError(f"regime {name!r}: invalid overrides {list(overrides)} (exit {err.code})") from None
+        except argparse.ArgumentError as err:  # fit's parser raises instead of exiting
+            raise ValueError(f"regime {name!r}: invalid overrides {list(overrides)}: {err}") from None
 
 
 def build_regime(name: str, *overrides: str, seed: int | None = None):

@@ -5,7 +5,9 @@ Prints Markdown tables built only from the files the experiment commands wrote i
 
 * Fig. 2B: per layer, mean ± std over networks of the correlation with backprop
   (one table per dtype and form), and the minimum over networks;
-* Fig. 2A: per regime, epochs, seed, final and best test accuracy.
+* Fig. 2A: per regime, epochs, seed, final and best test accuracy, from ``--training``
+  (default ``<out>/epochs20``, the 20-epoch run the README shows; ``--training results``
+  for the 1-epoch run in ``results/training/``).
 """
 from __future__ import annotations
 
@@ -67,8 +69,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.report",
                                      description="Markdown tables of the results CSVs.")
     parser.add_argument("--out", default="results", help="folder the experiment commands wrote into")
+    parser.add_argument("--training", default=None,
+                        help="the --out of the Fig. 2A run to tabulate (default: OUT/epochs20, the README's table)")
     args = parser.parse_args(argv)
     out = Path(args.out)
+    training_out = Path(args.training) if args.training else out / "epochs20"
     summary_path = out / "fig2b_summary.csv"
     if summary_path.is_file():
         summary = read_csv(summary_path)
@@ -79,9 +84,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                        ("float32", "difference", "min")):
             print(f"\nFig. 2B, {dtype}, {form} form: {statistic} over networks\n")
             print(correlation_table(summary, dtype, form, statistic=statistic, digits=6))
-    runs = read_runs(out / "training")
+    runs = read_runs(training_out / "training")
     if runs:
-        print("\nFig. 2A: CIFAR-10 test accuracy (float64)\n")
+        print(f"\nFig. 2A: CIFAR-10 test accuracy (float64), {training_out / 'training'}\n")
         print(training_table(runs))
     if not summary_path.is_file() and not runs:
         print(f"error: no results under {out}", file=sys.stderr)

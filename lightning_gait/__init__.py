@@ -2,7 +2,10 @@
 from .activations import ACTIVATIONS, Identity, InvertibleActivation, LeakyReLU, SmoothLeakyReLU, build_activation
 from .networks import InvertibleCNN, InvertibleMLP, LayerInverse, orthogonality_penalty
 from .rules import RULES, Backprop, FeedbackAlignment, GAITProp, LocalLearningRule, TargetProp
+from ._quiet import quiet_third_party_output
 from .targets import NonFiniteError, TargetTrace
+
+quiet_third_party_output()  # Lightning's tips and one internal deprecation (see _quiet.py)
 
 __version__ = "0.1.0"
 

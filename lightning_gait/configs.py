@@ -1,16 +1,20 @@
 """Configs that compose, found by name, with the network's sizes taken from the data.
 
-* **base.** A config file may start with ``base: FILE``: the file it extends. ``conf/base.yaml``
+* **base.** A config file may start with ``base: FILE``: the file it extends. ``base.yaml``
   holds what every regime shares (trainer, checkpoints, diagnostics, W&B logger, data) and
-  each ``conf/NAME.yaml`` gives only what differs. :func:`expand_config_args` rewrites
+  each ``NAME.yaml`` gives only what differs. :func:`expand_config_args` rewrites
   ``--config conf/gait_norm.yaml`` into ``--config conf/base.yaml --config '<the regime's YAML
   without base>'`` before jsonargparse parses, so jsonargparse merges them as it merges any
   two ``--config``: nested keys merge (``trainer.logger.init_args.name`` alone keeps the
   base's logger and its other arguments), a list given again replaces the base's list, and
   ``callbacks+:`` appends to it. A base may have a base of its own.
-* **names.** ``--config gait_norm`` (or ``conv/gait_norm``, ``trainer/ddp_cpu``) is ``conf/gait_norm.yaml``:
-  a value that is not a file is looked up in :data:`CONF_DIR`, ``.yaml`` optional. A base
-  is looked up next to the file that names it, then in :data:`CONF_DIR`.
+* **names.** The configs ship inside the package, in :data:`CONF_DIR` (``lightning_gait/conf``;
+  a checkout's top-level ``conf`` is a link to it). ``--config gait_norm`` (or
+  ``conv/gait_norm``, ``trainer/ddp_cpu``) is ``CONF_DIR/gait_norm.yaml``: a value that is
+  not a file is looked up in :data:`CONF_DIR`, ``.yaml`` optional, and a path that starts
+  with ``conf/`` is looked up there without that prefix, so that ``--config
+  conf/gait_norm.yaml`` works from any folder wherever the package is installed. A base is
+  looked up next to the file that names it, then in :data:`CONF_DIR`.
 * **sizes.** The network's ``in_features`` (the data's ``input_size``), ``input_shape`` and
   ``num_classes`` are class attributes of the DataModule named by ``data.class_path``.
   :func:`sizes_from_data` fills the ones a config leaves unset (None) and rejects hand-set
@@ -30,8 +34,10 @@ import yaml
 __all__ = ["CONF_DIR", "ConfigError", "SizeError", "expand_config_args", "find_config",
            "regime_groups", "regime_names", "sizes_from_data"]
 
-#: the configs that come with the package: ``conf/`` beside ``lightning_gait/``
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+#: the configs that come with the package (package data, installed with it)
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+#: the folder name of the configs in a checkout and in the documentation (``conf/gait_norm.yaml``)
+CONF_PREFIX = "conf"
 #: top-level key naming the file a config extends
 BASE_KEY = "base"
 #: the shared file, which is not a regime of its own
@@ -66,7 +72,8 @@ def find_config(value: str, relative_to: Optional[Path] = None) -> Optional[Path
     """The file that a ``--config`` value or a ``base`` names, or None.
 
     A path (relative to ``relative_to``, default the working directory) if that file
-    exists, else a file in :data:`CONF_DIR`; ``.yaml`` may be left out.
+    exists, else a file in :data:`CONF_DIR` (a leading ``conf/`` dropped); ``.yaml`` may be
+    left out.
     """
     if not isinstance(value, str) or not value or "\n" in value:
         return None
@@ -74,6 +81,8 @@ def find_config(value: str, relative_to: Optional[Path] = None) -> Optional[Path
     places = [given if given.is_absolute() else (relative_to or Path.cwd()) / given]
     if not given.is_absolute():
         places.append(CONF_DIR / given)
+        if len(given.parts) > 1 and given.parts[0] == CONF_PREFIX:
+            places.append(CONF_DIR.joinpath(*given.parts[1:]))
     for place in places:
         for candidate in (place, place.with_name(place.name + ".yaml")):
             if _is_file(candidate):

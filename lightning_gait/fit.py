@@ -7,8 +7,9 @@ option can be overridden with a dotted flag (``--trainer.max_epochs 2``,
 ``--data.data_dir ../shared/data``), ``--print_config`` prints the resolved configuration,
 and ``seed_everything`` seeds the run.
 
-``--config`` takes a path or a name in ``conf/`` (``gait_norm`` is ``conf/gait_norm.yaml``,
-``conv/gait_norm`` is ``conf/conv/gait_norm.yaml``).
+``--config`` takes a name of a config shipped with the package (``gait_norm``,
+``conv/gait_norm``, listed by ``--help``) or a path (``conf/gait_norm.yaml`` works from any
+folder: see :func:`lightning_gait.configs.find_config`).
 A regime config names its shared settings with ``base: base.yaml`` and gives only what
 differs; the network's input size and number of classes come from the data class
 (:mod:`lightning_gait.configs`).
@@ -17,14 +18,19 @@ After training it tests the best checkpoint (``--test_after_fit false`` to skip)
 prints a summary. ``--ckpt_path PATH`` resumes a run exactly (weights, optimizer state,
 step count, rule buffers such as feedback matrices, and the epoch's data order).
 
-Weights & Biases: when ``WANDB_MODE`` is unset and no API key is found (``WANDB_API_KEY``
-or a ``wandb login`` entry in ``~/.netrc``), the run is logged offline, never waiting for a
-login prompt, and the ``wandb sync`` command is printed at the end. The run's group and a
+A misspelt option or a bad value stops it with a short message (the closest option
+names, if any, and the command that lists them), exit code 2.
+
+Weights & Biases: when the run logs to W&B, ``WANDB_MODE`` is unset and no API key is found
+(``WANDB_API_KEY`` or a ``wandb login`` entry in ``~/.netrc``), the run is logged offline,
+never waiting for a login prompt, with one line saying so, and the ``wandb sync`` command is
+printed at the end. The run's group and a
 tag name the regime, its config holds the package version and git commit, and its summary
 the best validation accuracy (:mod:`lightning_gait.wandb_run`).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import netrc
 import os
@@ -36,6 +42,9 @@ from .configs import CONF_DIR, DEFAULT_DATA, NET_KEY, SIZE_KEYS, ConfigError, Si
 from .configs import import_class, regime_groups, regime_names, sizes_from_data
 
 __all__ = ["CONF_DIR", "main"]
+
+#: how the command is run, for its usage line and messages
+PROG = "python -m lightning_gait.fit"
 
 
 def _summary_line(path: Path) -> str:
@@ -50,14 +59,14 @@ def _config_listing() -> str:
     names = regime_names()
     groups = regime_groups()
     width = max((len(n) for n in names + [g for group in groups.values() for g in group]), default=0)
-    lines = [f"Configs: --config NAME, from {CONF_DIR} (each gives what differs from base.yaml):"]
+    lines = [f"Configs: --config NAME (shipped in {CONF_DIR}; each gives what differs from base.yaml):"]
     lines += [f"  {name:<{width}}  {_summary_line(CONF_DIR / f'{name}.yaml')}" for name in names]
     for group in groups.values():
         lines += [f"  {name:<{width}}  {_summary_line(CONF_DIR / f'{name}.yaml')}" for name in group]
     trainer = sorted(f"trainer/{p.stem}" for p in (CONF_DIR / "trainer").glob("*.yaml"))
     if trainer:
         lines.append("Trainer settings, as a second --config: " + ", ".join(trainer))
-    lines.append("Example: python -m lightning_gait.fit --config gait_norm --data.data_dir ../shared/data")
+    lines.append(f"Example: {PROG} --config gait_norm --trainer.max_epochs 1")
     return "\n".join(lines)
 
 
@@ -76,7 +85,7 @@ def wandb_credentials_present() -> bool:
 def configure_wandb_mode(*, announce: bool = True) -> bool:
     """Switch W&B to offline when it would otherwise prompt for a login. Returns True if it did.
 
-    ``announce`` prints one line saying so (not wanted for ``--help`` or ``--print_config``).
+    ``announce`` prints one line saying so.
     """
     if "WANDB_MODE" in os.environ or wandb_credentials_present():
         return False
@@ -84,14 +93,6 @@ def configure_wandb_mode(*, announce: bool = True) -> bool:
     if announce:
         print("W&B: no API key found (WANDB_API_KEY or `wandb login`); logging offline.", file=sys.stderr)
     return True
-
-
-def _only_prints(args) -> bool:
-    """True for command lines that only print (help, a config listing) and train nothing."""
-    argv = sys.argv[1:] if args is None else args
-    if not isinstance(argv, (list, tuple)):
-        return False
-    return any(isinstance(a, str) and (a in ("-h", "--help") or a.startswith("--print_config")) for a in argv)
 
 
 def _pop_print_config(args: List[str]) -> Tuple[List[str], Optional[str]]:
@@ -155,12 +156,14 @@ def _build_cli(args):
             if not isinstance(args, list):
                 return super().parse_arguments(parser, args)
             args, printing = _pop_print_config(args)
-            self.config = parser.parse_args(args)
+            try:
+                self.config = parser.parse_args(args)
+            except argparse.ArgumentError as err:
+                err.parser = parser  # for the option names in _main's message
+                raise
             filled = fill_network_sizes(self.config)
             if printing is not None:  # parse again with the sizes given, to print (and exit)
                 parser.parse_args([*args, *(f"--{k}={json.dumps(v)}" for k, v in filled.items()), printing])
-
-    import argparse
 
     from jsonargparse import DefaultHelpFormatter
 
@@ -178,12 +181,31 @@ def _build_cli(args):
         save_config_callback=LoggerSaveConfigCallback,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={
+            "prog": PROG,
+            "exit_on_error": False,  # _main prints a short message instead of the usage
+            "allow_abbrev": False,  # a misspelt option is an error, not silently expanded
             "description": "Train a lightning-gait learning rule (on CIFAR-10 unless --data.class_path says otherwise).",
             "epilog": _config_listing(),
             "formatter_class": HelpFormatter,
         },
         args=args,
     )
+
+
+def _argument_error(err: Exception, parser) -> str:
+    """A short message for a command line that does not parse: the problem, close option names, help."""
+    import difflib
+
+    message = str(err).strip()
+    lines = [f"error: {message}"]
+    if parser is not None and "unrecognized arguments" in message:
+        known = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
+        for given in (w for w in message.split() if w.startswith("--")):
+            close = difflib.get_close_matches(given.split("=", 1)[0], known, n=1, cutoff=0.75)
+            if close:
+                lines.append(f"  {given}: did you mean {close[0]}?")
+    lines.append(f"Options and configs: {PROG} --help")
+    return "\n".join(lines)
 
 
 def _fit_summary(trainer) -> List[str]:
@@ -246,7 +268,9 @@ def _finish_wandb(exit_code: int) -> None:
 
 
 def _main(args=None) -> int:
-    configure_wandb_mode(announce=not _only_prints(args))
+    from pytorch_lightning.loggers import WandbLogger
+
+    from ._quiet import FitStopMessage
     from .data import DataNotFoundError
     from .targets import NonFiniteError
     from .wandb_run import label_wandb_loggers, record_summary, regime_of
@@ -255,6 +279,9 @@ def _main(args=None) -> int:
     given = list(argv) if isinstance(argv, (list, tuple)) else []
     try:
         cli = _build_cli(argv)
+    except argparse.ArgumentError as err:
+        print(_argument_error(err, getattr(err, "parser", None)), file=sys.stderr)
+        return 2
     except (ConfigError, SizeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -265,10 +292,15 @@ def _main(args=None) -> int:
     config = cli.config
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
     # W&B: the regime as group and tag, the package version and git commit in the config
+    if any(isinstance(logger, WandbLogger) for logger in trainer.loggers):
+        configure_wandb_mode()
     label_wandb_loggers(trainer.loggers, regime_of(given, getattr(trainer.logger, "name", None)))
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=config.get("ckpt_path"))
+        with FitStopMessage() as stop:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=config.get("ckpt_path"))
         summary = _fit_summary(trainer)
+        if stop.reason:
+            summary.insert(0, f"stopped: {stop.reason.replace('`', '').rstrip('.')}")
         test_results = None
         if config.get("test_after_fit", True) and not trainer.interrupted:
             best = getattr(trainer.checkpoint_callback, "best_model_path", "")

@@ -7,16 +7,21 @@ holding one) or an offline W&B run (a folder holding ``run-*.wandb``, read by
 * ``accuracy.png``: training and validation accuracy and loss over steps (test accuracy
   as a dashed line);
 * ``bp_alignment.png``: per layer over training, ``bp_corr``, ``bp_cos``, ``bp_angle``
-  and ``bp_norm_ratio`` (:class:`~lightning_gait.callbacks.BPCorrelation`);
+  and ``bp_norm_ratio`` (:class:`~lightning_gait.callbacks.BPCorrelation`, which computes
+  them in float64 whatever the training dtype);
 * ``bp_alignment_at_init.png``: per layer, mean and standard deviation over freshly
-  initialised networks (``BPCorrelation(at_init=True)``, the paper's Fig. 2B);
+  initialised networks (``BPCorrelation(at_init=True)``, the paper's Fig. 2B; no shipped
+  config turns it on);
 * ``target_norms.png``: per layer ``target_norm``, ``gamma`` (min-max band) and the
   multiplier's log10 range (:class:`~lightning_gait.callbacks.TargetNorms`);
 * ``orthogonality.png``: per square layer ``ortho`` and ``cond``
   (:class:`~lightning_gait.callbacks.Orthogonality`).
 
-Figures go to ``--out`` (default: a ``plots`` folder beside the input). Layers are
-coloured from the input (dark) to the output (light).
+Figures go to ``--out`` (default: a ``plots`` folder beside the input). Each figure the
+run's logs do not allow is skipped with one line saying which metric it needs and what
+logs it. Layer k has one colour in every panel and figure of a run (from the input, dark,
+to the output, light), and no axis uses an offset (``+9.999e-1``): tick labels are the
+values themselves.
 """
 from __future__ import annotations
 
@@ -28,7 +33,8 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-__all__ = ["Series", "load_run", "load_csv", "load_wandb", "plot_run", "main"]
+__all__ = ["Series", "FIGURES", "load_run", "load_csv", "load_wandb", "layer_colour", "layer_count",
+           "plot_figures", "plot_run", "main"]
 
 #: ``key -> (steps, values)``, both lists in logging order, NaN kept
 Series = Dict[str, Tuple[List[float], List[float]]]
@@ -125,10 +131,21 @@ def layer_series(series: Series, family: str) -> List[Tuple[int, List[float], Li
     return sorted(out)
 
 
+def _plain_ticks(ax) -> None:
+    """Tick labels that are the values themselves, without a shared offset or factor."""
+    from matplotlib.ticker import ScalarFormatter
+
+    for axis in (ax.xaxis, ax.yaxis):
+        formatter = axis.get_major_formatter()
+        if isinstance(formatter, ScalarFormatter):
+            formatter.set_useOffset(False)
+
+
 def _finish_layer_axes(ax, title: str, ylabel: str, *, log: bool) -> bool:
     """Scale, titles, grid and legend of a per-layer panel over training steps."""
     if log:
         ax.set_yscale("log")
+    _plain_ticks(ax)
     ax.set_title(title)
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
@@ -137,11 +154,16 @@ def _finish_layer_axes(ax, title: str, ylabel: str, *, log: bool) -> bool:
     return True
 
 
-def _colours(n: int):
+def layer_count(series: Series) -> int:
+    """The highest layer number of any ``family/layer_k`` key (0 when none)."""
+    return max((int(m.group("k")) for m in map(_LAYER.match, series) if m), default=0)
+
+
+def layer_colour(k: int, layers: int):
+    """Layer ``k``'s colour in a run of ``layers`` layers: the same in every panel and figure."""
     import matplotlib
 
-    cmap = matplotlib.colormaps["viridis"]
-    return [cmap(0.9 * i / max(n - 1, 1)) for i in range(n)]
+    return matplotlib.colormaps["viridis"](0.9 * (k - 1) / max(layers - 1, 1))
 
 
 def _use_log(values: Sequence[float]) -> bool:
@@ -154,8 +176,9 @@ def _layer_panel(ax, series: Series, family: str, *, title: str, ylabel: str, lo
     if not layers:
         ax.set_visible(False)
         return False
-    for colour, (k, steps, values) in zip(_colours(len(layers)), layers):
-        ax.plot(steps, values, color=colour, label=f"layer {k}", marker="." if len(steps) < 30 else None)
+    n = layer_count(series)
+    for k, steps, values in layers:
+        ax.plot(steps, values, color=layer_colour(k, n), label=f"layer {k}", marker="." if len(steps) < 30 else None)
     every = [v for _, _, values in layers for v in values]
     return _finish_layer_axes(ax, title, ylabel, log=log if log is not None else _use_log(every))
 
@@ -185,6 +208,7 @@ def plot_accuracy(series: Series, out: Path, title: str) -> Optional[Path]:
         ax.set_xlabel("step")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
+        _plain_ticks(ax)
     if "test/acc" in series:
         ax_acc.axhline(series["test/acc"][1][-1], ls="--", color="k", lw=1, label="test/acc")
     if ax_acc.lines:
@@ -207,7 +231,7 @@ def plot_alignment(series: Series, out: Path, title: str) -> Optional[Path]:
     _layer_panel(axes[0, 1], series, "bp_cos", title="cosine similarity with backprop", ylabel="bp_cos", log=False)
     _layer_panel(axes[1, 0], series, "bp_angle", title="angle to backprop", ylabel="degrees", log=False)
     _layer_panel(axes[1, 1], series, "bp_norm_ratio", title="||update|| / ||backprop||", ylabel="bp_norm_ratio")
-    fig.suptitle(f"{title}: alignment of each layer's update with backprop (float64)")
+    fig.suptitle(f"{title}: alignment of each layer's update with backprop (computed in float64)")
     return _save(fig, out / "bp_alignment.png")
 
 
@@ -222,7 +246,10 @@ def plot_alignment_at_init(series: Series, out: Path, title: str) -> Optional[Pa
     ys = [values[-1] for _, _, values in means]
     errs = [stds.get(k, float("nan")) for k in ks]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.bar([str(k) for k in ks], ys, yerr=[0 if math.isnan(e) else e for e in errs], color=_colours(len(ks)), capsize=3)
+    n = layer_count(series)
+    ax.bar([str(k) for k in ks], ys, yerr=[0 if math.isnan(e) else e for e in errs],
+           color=[layer_colour(k, n) for k in ks], capsize=3)
+    _plain_ticks(ax)
     ax.set_ylim(min(-0.1, min((y for y in ys if not math.isnan(y)), default=0) - 0.05), 1.05)
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xlabel("layer (1 = input)")
@@ -240,7 +267,9 @@ def _band_panel(ax, series: Series, family: str, *, title: str, ylabel: str, log
         return False
     low = {k: (s, v) for k, s, v in layer_series(series, f"{family}_min")}
     high = {k: (s, v) for k, s, v in layer_series(series, f"{family}_max")}
-    for colour, (k, steps, values) in zip(_colours(len(layers)), layers):
+    n = layer_count(series)
+    for k, steps, values in layers:
+        colour = layer_colour(k, n)
         ax.plot(steps, values, color=colour, label=f"layer {k}", marker="." if len(steps) < 30 else None)
         if k in low and k in high and low[k][0] == high[k][0]:
             ax.fill_between(low[k][0], low[k][1], high[k][1], color=colour, alpha=0.2, lw=0)
@@ -275,8 +304,20 @@ def plot_orthogonality(series: Series, out: Path, title: str) -> Optional[Path]:
     return _save(fig, out / "orthogonality.png")
 
 
-def plot_run(path: Union[str, Path], *, out: Optional[Union[str, Path]] = None) -> List[Path]:
-    """Write every figure the run's logs allow; return the PNG paths."""
+#: every figure: (function, file, the metric it needs, what logs that metric)
+FIGURES = (
+    (plot_accuracy, "accuracy.png", "train/acc, val/acc or a loss", "the rule itself, with any logger"),
+    (plot_alignment, "bp_alignment.png", "bp_corr/layer_k", "BPCorrelation, which every shipped config turns on"),
+    (plot_alignment_at_init, "bp_alignment_at_init.png", "bp_corr_init/layer_k",
+     "BPCorrelation(at_init=True), which no shipped config turns on"),
+    (plot_targets, "target_norms.png", "target_norm/layer_k", "TargetNorms, on in the GAIT-prop and TP configs"),
+    (plot_orthogonality, "orthogonality.png", "ortho/layer_k or cond/layer_k",
+     "Orthogonality, which every shipped config turns on"),
+)
+
+
+def plot_figures(path: Union[str, Path], *, out: Optional[Union[str, Path]] = None) -> Tuple[List[Path], List[str]]:
+    """Write every figure the run's logs allow: ``(PNG paths, one line per figure skipped and why)``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -284,12 +325,19 @@ def plot_run(path: Union[str, Path], *, out: Optional[Union[str, Path]] = None) 
     out_dir = Path(out) if out is not None else (Path(path) if Path(path).is_dir() else Path(path).parent) / "plots"
     out_dir.mkdir(parents=True, exist_ok=True)
     title = source.parent.name if kind == "wandb" else f"{source.parent.parent.name}/{source.parent.name}"
-    written = []
-    for plot in (plot_accuracy, plot_alignment, plot_alignment_at_init, plot_targets, plot_orthogonality):
+    written, skipped = [], []
+    for plot, name, needs, logged_by in FIGURES:
         result = plot(series, out_dir, title)
         if result is not None:
             written.append(result)
-    return written
+        else:
+            skipped.append(f"skipped {name}: the run logged no {needs} (logged by {logged_by})")
+    return written, skipped
+
+
+def plot_run(path: Union[str, Path], *, out: Optional[Union[str, Path]] = None) -> List[Path]:
+    """Write every figure the run's logs allow; return the PNG paths."""
+    return plot_figures(path, out=out)[0]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -302,10 +350,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", default=None, help="output folder (default: RUN/plots)")
     args = parser.parse_args(argv)
     try:
-        written = plot_run(args.run, out=args.out)
+        written, skipped = plot_figures(args.run, out=args.out)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    for line in skipped:
+        print(line, file=sys.stderr)
     if not written:
         print(f"error: {args.run} holds no metric this command can plot", file=sys.stderr)
         return 1

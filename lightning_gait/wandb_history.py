@@ -17,12 +17,16 @@ written by wandb 0.31, see ``tests/test_wandb_offline.py``) is a LevelDB-style l
   each item has ``key`` (older writers) or ``nested_key`` (a path, joined here with
   ``"."``; a key such as ``"bp_corr/layer_1"`` is one element) and ``value_json``.
 
-``python -m lightning_gait.wandb_history RUN`` prints the keys and the number of rows.
+``python -m lightning_gait.wandb_history RUN`` prints what the run logged, one line per
+metric family (``bp_corr/layer_1..7  9 rows each``), W&B tables (the ``charts/*`` data behind
+the custom charts) by name only and W&B's own keys on one line; ``--all`` lists every key,
+the tables' fields included.
 """
 from __future__ import annotations
 
 import glob
 import json
+import re
 import struct
 import sys
 import warnings
@@ -38,6 +42,7 @@ __all__ = [
     "history_keys",
     "is_complete",
     "wait_until_complete",
+    "summarize_keys",
 ]
 
 FILE_MAGIC = b":W&B"
@@ -203,15 +208,69 @@ def history_keys(rows: List[Dict[str, object]]) -> List[str]:
     return sorted({key for row in rows for key in row})
 
 
+_LAYER_KEY = re.compile(r"^(?P<family>.+)/layer_(?P<k>\d+)$")
+
+
+def _rows_text(counts: List[int]) -> str:
+    low, high = min(counts), max(counts)
+    if low == high:
+        return f"{low} row" + ("" if low == 1 else "s")
+    return f"{low}-{high} rows"
+
+
+def summarize_keys(rows: List[Dict[str, object]]) -> List[str]:
+    """One line per logged metric, per-layer families on one line each, tables and W&B's keys folded."""
+    counts: Dict[str, int] = {}
+    for row in rows:
+        for key in row:
+            counts[key] = counts.get(key, 0) + 1
+    tables = sorted(key[: -len("._type")] for key in counts if key.endswith("._type"))
+    in_table = {key for key in counts for table in tables if key.startswith(table + ".")}
+    own = sorted(key for key in counts if key.startswith("_"))
+    families: Dict[str, Dict[int, int]] = {}
+    single: Dict[str, int] = {}
+    for key, n in counts.items():
+        if key in in_table or key in own:
+            continue
+        m = _LAYER_KEY.match(key)
+        if m:
+            families.setdefault(m.group("family"), {})[int(m.group("k"))] = n
+        else:
+            single[key] = n
+    entries = []
+    for family, layers in families.items():
+        ks = sorted(layers)
+        span = f"{ks[0]}..{ks[-1]}" if ks == list(range(ks[0], ks[-1] + 1)) else ",".join(map(str, ks))
+        rows_text = _rows_text(list(layers.values())) + (" each" if len(ks) > 1 else "")
+        entries.append((f"{family}/layer_{span}" if len(ks) > 1 else f"{family}/layer_{ks[0]}", rows_text))
+    entries += [(key, _rows_text([n])) for key, n in single.items()]
+    entries.sort()
+    width = max((len(name) for name, _ in entries), default=0)
+    lines = [f"  {name:<{width}}  {count}" for name, count in entries]
+    if tables:
+        lines.append(f"  W&B tables ({len(tables)}, for the custom charts): " + ", ".join(tables))
+    if own:
+        lines.append("  W&B's own: " + ", ".join(own))
+    return lines
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m lightning_gait.wandb_history RUN_DIR_OR_FILE", file=sys.stderr)
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m lightning_gait.wandb_history",
+                                     description="What an offline W&B run logged, read from its .wandb file.")
+    parser.add_argument("run", help="a run-*.wandb file, its offline-run-* folder, or a folder holding runs")
+    parser.add_argument("--all", action="store_true", help="list every key, the W&B tables' fields included")
+    args = parser.parse_args(argv)
+    try:
+        path = find_run_file(args.run)
+        rows = read_history(path)
+    except (FileNotFoundError, WandbFileError) as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
-    rows = read_history(argv[0])
-    print(f"{find_run_file(argv[0])}: {len(rows)} history rows")
-    for key in history_keys(rows):
-        print(f"  {key}")
+    print(f"{path}: {len(rows)} history rows")
+    lines = [f"  {key}" for key in history_keys(rows)] if args.all else summarize_keys(rows)
+    print("\n".join(lines))
     return 0
 
 

@@ -9,6 +9,11 @@
   commit of the checkout the package is imported from, with ``git_dirty``; None when it
   is not a git checkout) in the run's config.
 * ``val/acc_best`` in the run summary: the best validation accuracy of the run.
+* W&B's own console output kept to what a user acts on: ``quiet`` (no history sparklines,
+  no repeated ``wandb sync`` hint, which ``fit`` prints once), no ``anonymous`` argument
+  (Lightning passes ``anonymous=None``, which W&B warns has no effect), and the run's
+  ``save_dir`` created before the run starts (W&B warns when it looks for a git root in a
+  folder that does not exist yet).
 
 The group, tag and config go into the arguments of ``wandb.init``, before the run starts.
 Lightning's ``WandbLogger`` starts the run on global rank 0 only (the other ranks get a
@@ -93,6 +98,13 @@ def label_wandb_loggers(loggers, regime: Optional[str]) -> None:
             env_tags = [t for t in os.environ.get("WANDB_TAGS", "").split(",") if t]
             init["tags"] = list(dict.fromkeys([*env_tags, *(init.get("tags") or []), regime]))
         init["config"] = {**(init.get("config") or {}), **metadata}
+        if init.get("anonymous") is None:
+            init.pop("anonymous", None)
+        settings = init.get("settings")
+        if settings is None or isinstance(settings, dict):
+            init["settings"] = {"quiet": True, **(settings or {})}
+        if init.get("dir"):
+            Path(init["dir"]).mkdir(parents=True, exist_ok=True)
 
 
 def record_summary(trainer) -> None:

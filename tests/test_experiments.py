@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -169,6 +170,8 @@ def test_regimes_come_from_fits_parser():
     assert cli.trainer.precision == "32-true" and cli.trainer.loggers == [] and cli.datamodule.batch_size == 256
     with pytest.raises(ValueError, match="regime"):
         build_regime("sgd")
+    with pytest.raises(ValueError, match="invalid overrides .*etaa"):
+        build_regime("gait_norm", "--model.init_args.etaa", "1e-7")
 
 
 def test_training_command_records_test_accuracy(tiny_cifar_root, tmp_path):
@@ -226,3 +229,19 @@ def test_report_tables_come_from_the_csvs(tmp_path, capsys):
     assert table.splitlines()[2] == "| GAIT-N | 0.99991 | 0.99991 |"
     assert "0.9999 ± 0.0000" in report.correlation_table(summary, "float64", "paper")
     assert report.main(["--out", str(tmp_path)]) == 2  # nothing there
+
+
+def test_report_prints_the_readmes_20_epoch_table_by_default(capsys):
+    from experiments import report
+
+    results = Path(__file__).resolve().parents[1] / "results"
+    if not (results / "epochs20" / "training" / "summary.csv").is_file():
+        pytest.skip("no committed results/epochs20")
+    assert report.main(["--out", str(results)]) == 0
+    printed = capsys.readouterr().out
+    readme = (results.parent / "README.md").read_text()
+    fig2a = printed.split("Fig. 2A: CIFAR-10 test accuracy", 1)[1]
+    assert "results/epochs20/training" in fig2a.splitlines()[0]
+    gait_n = next(line for line in fig2a.splitlines() if line.startswith("| GAIT-N | "))
+    assert gait_n.startswith("| GAIT-N | 20 | 0 | 44.19 | 44.37 | 19 |")
+    assert "| GAIT-N | 20 | 0 | 44.19 | 44.37 | 19 |" in readme

@@ -74,3 +74,74 @@ def test_clear_errors(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(ValueError, match="expected a metrics .csv"):
         plot.load_run(tmp_path / "notes.txt")
+
+
+def _series_near_one() -> plot.Series:
+    """bp_corr for layers 1-3 at one step (values within 1e-4 of 1), ortho for the square layers 2-3."""
+    return {
+        "bp_corr/layer_1": ([50.0], [0.99991]), "bp_corr/layer_2": ([50.0], [0.99996]),
+        "bp_corr/layer_3": ([50.0], [0.99999]),
+        "ortho/layer_2": ([100.0], [0.0021]), "ortho/layer_3": ([100.0], [0.0019]),
+    }
+
+
+def test_a_layer_keeps_its_colour_across_panels_and_axes_have_no_offset():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = _series_near_one()
+    fig, (corr, ortho) = plt.subplots(1, 2)
+    plot._layer_panel(corr, series, "bp_corr", title="", ylabel="", log=False)
+    plot._layer_panel(ortho, series, "ortho", title="", ylabel="", log=False)
+    fig.canvas.draw()
+    colour = {ax: {line.get_label(): line.get_color() for line in ax.get_lines()} for ax in (corr, ortho)}
+    assert colour[corr]["layer 2"] == colour[ortho]["layer 2"] == plot.layer_colour(2, 3)
+    assert colour[corr]["layer 3"] == colour[ortho]["layer 3"] != colour[corr]["layer 1"]
+    # the three values span 8e-5: matplotlib would label the axis "+9.999e-1" and ticks in 1e-5
+    assert corr.yaxis.get_major_formatter().get_offset() == ""
+    labels = [float(t.get_text().replace("−", "-")) for t in corr.get_yticklabels() if t.get_text()]
+    assert labels and all(0.9998 < v < 1.0001 for v in labels)
+    plt.close(fig)
+
+
+def test_every_skipped_figure_is_named_with_its_reason(tmp_path):
+    rows = [{"step": 50, "train/acc_step": 0.1, **{k: v[1][0] for k, v in _series_near_one().items()
+                                                  if k.startswith("bp_corr")}},
+            {"step": 100, "ortho/layer_2": 0.0021, "ortho/layer_3": 0.0019}]
+    path = tmp_path / "metrics.csv"
+    keys = ["step", "train/acc_step", "bp_corr/layer_1", "bp_corr/layer_2", "bp_corr/layer_3",
+            "ortho/layer_2", "ortho/layer_3"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    result = subprocess.run([sys.executable, "-m", "lightning_gait.plot", str(path)], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert {Path(p).name for p in result.stdout.split()} == {"accuracy.png", "bp_alignment.png", "orthogonality.png"}
+    assert result.stderr.splitlines() == [
+        "skipped bp_alignment_at_init.png: the run logged no bp_corr_init/layer_k "
+        "(logged by BPCorrelation(at_init=True), which no shipped config turns on)",
+        "skipped target_norms.png: the run logged no target_norm/layer_k "
+        "(logged by TargetNorms, on in the GAIT-prop and TP configs)",
+    ]
+
+
+def test_the_alignment_figure_names_float64_as_the_computation_dtype(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    titles = []
+
+    def keep_title(fig, path):
+        titles.append(fig._suptitle.get_text())
+        plt.close(fig)
+        return path
+
+    monkeypatch.setattr(plot, "_save", keep_title)
+    plot.plot_alignment(_series_near_one(), tmp_path, "run")
+    assert titles == ["run: alignment of each layer's update with backprop (computed in float64)"]

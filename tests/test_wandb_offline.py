@@ -160,3 +160,18 @@ def test_plot_from_the_offline_run(gait_norm_run, tmp_path):
     names = {p.name for p in tmp_path.glob("*.png")}
     assert {"accuracy.png", "bp_alignment.png", "target_norms.png", "orthogonality.png"} <= names
     assert all(p.stat().st_size > 10_000 for p in tmp_path.glob("*.png"))
+
+
+def test_history_listing_is_one_line_per_family(gait_norm_run, capsys):
+    assert wandb_history.main([str(gait_norm_run / "wandb")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    listed = {line.split()[0] for line in lines[1:] if not line.startswith("  W&B")}
+    assert {"bp_corr/layer_1..7", "ortho/layer_2..7", "gamma/layer_2..7", "val/acc", "test/acc"} <= listed
+    assert not any(name.startswith(("charts/", "_")) or "/layer_" in name and ".." not in name for name in listed)
+    assert len(lines) < 40
+    assert any(line.startswith("  W&B tables (") and "charts/bp_corr_table" in line for line in lines)
+    assert lines[-1] == "  W&B's own: _runtime, _step, _timestamp"
+    # --all: every key, the tables' fields too
+    assert wandb_history.main([str(gait_norm_run / "wandb"), "--all"]) == 0
+    every = capsys.readouterr().out.split()
+    assert "charts/bp_corr_table.sha256" in every and "bp_corr/layer_7" in every

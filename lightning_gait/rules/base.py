@@ -506,10 +506,11 @@ class LocalLearningRule(pl.LightningModule):
                 what = f"the {kind} of layer {layer + 1} (counted from 1 at the input)"
             else:
                 what = f"parameter {name}"
+            skip = "; on_nonfinite='skip' cannot undo a step" if self.on_nonfinite == "skip" else ""
             raise NonFiniteError(
                 f"non-finite values in {what} after the optimizer step of global step {step} of "
-                f"{type(self).__name__}: the step overflowed (is the learning rate, lr={self.lr:g}, too large?); "
-                "a step cannot be undone, so training stops (under on_nonfinite='skip' too)"
+                f"{type(self).__name__}: the step overflowed (is the learning rate, lr={self.lr:g}, too large?)"
+                f"{skip}"
             )
 
     def _watch_loss(self, loss: float, step: int) -> None:
@@ -576,7 +577,7 @@ class LocalLearningRule(pl.LightningModule):
             raise err
         self.consecutive_skips += 1
         if self.consecutive_skips >= self.max_consecutive_skips:
-            raise NonFiniteError(
+            raise type(err)(
                 f"{err}; that makes {self.consecutive_skips} batches skipped in a row "
                 f"(max_consecutive_skips={self.max_consecutive_skips}): the weights have probably diverged, "
                 "so training stops"

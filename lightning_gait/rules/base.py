@@ -27,8 +27,9 @@ One training step (:meth:`training_step`):
    gradient (with ``loss_reduction="sum"`` it is scaled by the world size, so that the
    averaged gradient is the gradient of the sum over the global batch);
 4. a check that every update is finite, then one optimizer step (Adam by default),
-   after which the sums of the new weights are kept on the device for step 0 of the
-   next batch (or for validation, a checkpoint, the end of training) to read.
+   after which the sum of each new weight tensor and the loss stay on the device until
+   the checks of item 0 of the next step (or validation, a checkpoint, the end of
+   training) read them.
 
 Non-finite values never reach a checkpoint: :meth:`on_save_checkpoint` refuses one whose
 weights or optimizer state hold a NaN or an infinity. Rules that invert layers refuse

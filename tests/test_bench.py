@@ -202,3 +202,13 @@ def test_floor_cli_runs_small(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "exact_lu" in text and "cached_free_upkeep" in text and "Largest delta" in text
     assert json.loads(out.read_text())["entries"][0]["dtype"] == "float64"
+
+
+def test_checks_overhead_runs_small(capsys):
+    from benchmarks import checks_overhead
+
+    result = checks_overhead.main(["--width", "16", "--depth", "3", "--batch", "8", "--in-features", "12",
+                                   "--steps", "2"])
+    assert result["step_ms"] > 0 and result["checks_ms"] > 0 and result["singular_ms"] > 0
+    assert math.isclose(result["checks_share"], result["checks_ms"] / result["step_ms"])
+    assert "singular-layer flags" in capsys.readouterr().out

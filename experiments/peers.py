@@ -129,9 +129,9 @@ def build(peer: str, setting: str):
 
 def load_cifar(data_dir: Path, *, train: bool, count: int):
     """The first ``count`` images of a split, float64 in [0, 1], and their labels."""
-    from lightning_gait.data.cifar import _load_split
+    from lightning_gait.data import CIFAR10DataModule
 
-    images, labels = _load_split(data_dir, train=train, verify_checksums=False)
+    images, labels = CIFAR10DataModule(str(data_dir), download=False, verify_checksums=False).read_split(train)
     return images[:count].to(torch.float64) / 255.0, labels[:count]
 
 

@@ -16,7 +16,13 @@ differs; the network's input size and number of classes come from the data class
 
 After training it tests the best checkpoint (``--test_after_fit false`` to skip) and
 prints a summary. ``--ckpt_path PATH`` resumes a run exactly (weights, optimizer state,
-step count, rule buffers such as feedback matrices, and the epoch's data order).
+step count, rule buffers such as feedback matrices, and the epoch's data order), in the
+run's own folder and W&B run (:mod:`lightning_gait.runs`). A run refuses to start in a
+folder holding another run's checkpoints.
+
+Errors the user can fix (configuration, data, checkpoint, output folder, precision) are
+printed as one message without a traceback, exit code 2; training that produced NaN or
+infinite values stops with exit code 3 (and writes no checkpoint holding them).
 
 A misspelt option or a bad value stops it with a short message (the closest option
 names, if any, and the command that lists them), exit code 2.
@@ -130,7 +136,27 @@ def _build_cli(args):
     from .rules import LocalLearningRule
 
     class LoggerSaveConfigCallback(SaveConfigCallback):
-        """Saves the resolved config to the log dir and uploads it to the logger (W&B config)."""
+        """Saves the resolved config into the run's folder, uploads it to the logger (W&B
+        config) and records the W&B run id in every checkpoint (for ``--ckpt_path``)."""
+
+        def setup(self, trainer, pl_module, stage) -> None:
+            from .runs import run_folder
+
+            if self.already_saved:
+                return
+            if trainer.is_global_zero:
+                self.save_config(trainer, pl_module, stage)  # starts the logger's run, which names the folder
+                folder = run_folder(trainer)
+                folder.mkdir(parents=True, exist_ok=True)
+                self.parser.save(self.config, str(folder / self.config_filename), skip_none=False,
+                                 overwrite=self.overwrite, multifile=self.multifile)
+                self.already_saved = True
+            self.already_saved = trainer.strategy.broadcast(self.already_saved)
+
+        def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+            from .runs import record_wandb_run
+
+            record_wandb_run(trainer, checkpoint)
 
         def save_config(self, trainer, pl_module, stage) -> None:
             import yaml
@@ -271,8 +297,8 @@ def _main(args=None) -> int:
     from pytorch_lightning.loggers import WandbLogger
 
     from ._quiet import FitStopMessage
-    from .data import DataNotFoundError
-    from .targets import NonFiniteError
+    from .errors import NonFiniteError, UserError
+    from .runs import check_resume_checkpoint, refuse_another_runs_folder, resume_wandb_run
     from .wandb_run import label_wandb_loggers, record_summary, regime_of
 
     argv = sys.argv[1:] if args is None else args
@@ -296,8 +322,12 @@ def _main(args=None) -> int:
         configure_wandb_mode()
     label_wandb_loggers(trainer.loggers, regime_of(given, getattr(trainer.logger, "name", None)))
     try:
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path:
+            resume_wandb_run(trainer.loggers, check_resume_checkpoint(ckpt_path, model, str(trainer.precision)))
+        refuse_another_runs_folder(trainer, ckpt_path)
         with FitStopMessage() as stop:
-            trainer.fit(model, datamodule=datamodule, ckpt_path=config.get("ckpt_path"))
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         summary = _fit_summary(trainer)
         if stop.reason:
             summary.insert(0, f"stopped: {stop.reason.replace('`', '').rstrip('.')}")
@@ -305,7 +335,7 @@ def _main(args=None) -> int:
         if config.get("test_after_fit", True) and not trainer.interrupted:
             best = getattr(trainer.checkpoint_callback, "best_model_path", "")
             test_results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
-    except DataNotFoundError as err:
+    except UserError as err:  # data, batch, split sizes, checkpoint, output folder, precision
         print(f"error: {err}", file=sys.stderr)
         return 2
     except NonFiniteError as err:

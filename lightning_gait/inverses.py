@@ -72,11 +72,13 @@ class MatrixInverse:
     """
 
     def __init__(self, inverse: Tensor, weight: Tensor, refinements: int = 0,
-                 view: Optional[MatrixView] = None) -> None:
+                 view: Optional[MatrixView] = None, singular: Optional[Tensor] = None) -> None:
         self.inverse = inverse
         self.weight = weight
         self.refinements = int(refinements)
         self.view = view
+        #: a 0-dim boolean tensor, true when the matrix was found singular (``None``: not known)
+        self.singular = singular
 
     def solve_rows(self, r: Tensor) -> Tensor:
         x = r @ self.inverse
@@ -84,6 +86,9 @@ class MatrixInverse:
             residual = r - x @ self.weight.T
             x = torch.addmm(x, residual, self.inverse)
         return x
+
+    def describe_singularity(self) -> str:
+        return "its exact inversion met a zero pivot"
 
     solve = LayerInverse.solve
     solve_affine = LayerInverse.solve_affine
@@ -96,7 +101,10 @@ class InverseStrategy:
     <lightning_gait.rules.gait.GAITProp.target_trace>` with the network whose current
     weights must be inverted; each returned object has ``solve(r)`` (the linear part's
     inverse) and ``solve_affine(z)`` (the whole affine map's), as
-    :class:`~lightning_gait.networks.LayerInverse`. Subclass it to try another scheme.
+    :class:`~lightning_gait.networks.LayerInverse`. It may also have ``singular``: a
+    0-dim boolean tensor, true when the layer is singular to working precision (the rule
+    then raises :class:`~lightning_gait.errors.SingularLayerError` naming the layer), and
+    ``describe_singularity()``. Subclass it to try another scheme.
     """
 
     name: str = "abstract"
@@ -187,11 +195,14 @@ class CachedInverse(InverseStrategy):
         self.max_residual = float(max_residual)
         # layer index -> (cached inverse, the weight it was corrected for, age in weight changes)
         self._cache: Dict[int, Tuple[Tensor, Tensor, int]] = {}
+        # layer index -> whether the last exact inversion found the matrix singular (0-dim bool tensor)
+        self._singular: Dict[int, Tensor] = {}
         self.exact_refreshes = 0
         self.last_residual = math.nan
 
     def reset(self) -> None:
         self._cache.clear()
+        self._singular.clear()
         self.exact_refreshes = 0
         self.last_residual = math.nan
 
@@ -205,10 +216,13 @@ class CachedInverse(InverseStrategy):
         )
 
     @torch.no_grad()
-    def _exact(self, weight: Tensor) -> Tensor:
+    def _exact(self, index: int, weight: Tensor) -> Tensor:
         self.exact_refreshes += 1
-        # M with X M = ... : (weight^T)^-1 = (weight^-1)^T
-        return torch.linalg.inv(weight).T.contiguous()
+        # M with X M = ... : (weight^T)^-1 = (weight^-1)^T; inv_ex does not wait for the
+        # device to check for a zero pivot, it reports it in ``info``
+        inverse, info = torch.linalg.inv_ex(weight)
+        self._singular[index] = info != 0
+        return inverse.T.contiguous()
 
     @torch.no_grad()
     def _newton_schulz(self, weight: Tensor, inverse: Tensor) -> Tuple[Tensor, float]:
@@ -235,20 +249,20 @@ class CachedInverse(InverseStrategy):
             or cached[0].dtype != weight.dtype
             or cached[0].device != weight.device
         ):
-            inverse, age = self._exact(weight), 0
+            inverse, age = self._exact(index, weight), 0
             seen = weight.clone()
         else:
             inverse, seen, age = cached
             if not torch.equal(seen, weight):
                 age += 1
                 if self.refresh_every is not None and age >= self.refresh_every:
-                    inverse, age = self._exact(weight), 0
+                    inverse, age = self._exact(index, weight), 0
                 else:
                     for _ in range(self.newton_steps):
                         inverse, norm = self._newton_schulz(weight, inverse)
                         self.last_residual = norm
                         if not norm <= self.max_residual:  # also catches NaN
-                            inverse, age = self._exact(weight), 0
+                            inverse, age = self._exact(index, weight), 0
                             break
                 # only now: if a correction above raised, the next call corrects again
                 seen.copy_(weight)
@@ -264,6 +278,7 @@ class CachedInverse(InverseStrategy):
         # step recomputes them exactly
         state = self.__dict__.copy()
         state["_cache"] = {}
+        state["_singular"] = {}
         return state
 
     def layer_inverses(self, net: nn.Module) -> List[Optional[MatrixInverse]]:
@@ -271,7 +286,8 @@ class CachedInverse(InverseStrategy):
         for i in net.inverted_layer_indices:
             view = net.view(i)
             weight = view.matrix.detach()
-            out[i] = MatrixInverse(self.inverse_of(i, weight), weight, self.refinements, view)
+            out[i] = MatrixInverse(self.inverse_of(i, weight), weight, self.refinements, view,
+                                   singular=self._singular.get(i))
         return out
 
 

@@ -40,6 +40,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from .activations import InvertibleActivation
+from .errors import NonFiniteError
 
 __all__ = [
     "TARGET_MODES",
@@ -55,10 +56,6 @@ __all__ = [
 ]
 
 TARGET_MODES = ("absolute", "difference")
-
-
-class NonFiniteError(FloatingPointError):
-    """A target, multiplier or update that is NaN or infinite."""
 
 
 def per_sample(values: Tensor, like: Tensor) -> Tensor:

@@ -238,3 +238,13 @@ def test_conv_step_installs_what_training_step_installs():
     reference = torch.autograd.grad(out.objective + runner.rule.ortho_weight * surrogate, params)
     for p, expected in zip(params, reference):
         assert torch.allclose(p.grad, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_checks_overhead_runs_small(capsys):
+    from benchmarks import checks_overhead
+
+    result = checks_overhead.main(["--width", "16", "--depth", "3", "--batch", "8", "--in-features", "12",
+                                   "--steps", "2"])
+    assert result["step_ms"] > 0 and result["checks_ms"] > 0 and result["singular_ms"] > 0
+    assert math.isclose(result["checks_share"], result["checks_ms"] / result["step_ms"])
+    assert "singular-layer flags" in capsys.readouterr().out

@@ -7,7 +7,7 @@
 - :class:`FlatImageDataset`, :class:`EpochSeededSampler` (``dataset.py``): the in-memory
   images and their epoch-seeded order.
 """
-from .base import DataFormatError, DataNotFoundError, ImageDataModule
+from .base import DataFormatError, DataNotFoundError, DataSplitError, ImageDataModule
 from .cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR10DataModule
 from .dataset import EpochSeededSampler, FlatImageDataset
 from .mnist import (
@@ -21,6 +21,6 @@ from .mnist import (
 
 __all__ = [
     "ImageDataModule", "CIFAR10DataModule", "MNISTDataModule", "FashionMNISTDataModule",
-    "DataNotFoundError", "DataFormatError", "FlatImageDataset", "EpochSeededSampler",
+    "DataNotFoundError", "DataFormatError", "DataSplitError", "FlatImageDataset", "EpochSeededSampler",
     "CIFAR10_MEAN", "CIFAR10_STD", "MNIST_MEAN", "MNIST_STD", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD",
 ]

@@ -17,17 +17,22 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, SequentialSampler
 
+from ..errors import UserError
 from .dataset import EpochSeededSampler, FlatImageDataset, collate_batch
 
-__all__ = ["ImageDataModule", "DataNotFoundError", "DataFormatError"]
+__all__ = ["ImageDataModule", "DataNotFoundError", "DataFormatError", "DataSplitError"]
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(FileNotFoundError, UserError):
     """A data set is not on disk (or not readable) and could not be downloaded."""
 
 
 class DataFormatError(DataNotFoundError):
     """A data set's files are on disk but do not hold what they should (format, shape, labels)."""
+
+
+class DataSplitError(UserError, ValueError):
+    """Split sizes that the data set cannot give (a validation set as large as the training set)."""
 
 
 _PRECISION_DTYPES = {
@@ -64,7 +69,7 @@ class ImageDataModule(pl.LightningDataModule):
     ``normalize_channels``; ``None`` where unknown).
 
     A new data set sets these attributes and overrides :meth:`read_split`; override
-    :meth:`download_files` to support ``download=True`` and :meth:`files_present` when a
+    :meth:`download_files` to support ``download=True`` and :meth:`missing_files` when a
     file may come in several forms. For example::
 
         class TinyImagesDataModule(ImageDataModule):
@@ -180,9 +185,13 @@ class ImageDataModule(pl.LightningDataModule):
         """``data_dir / folder``: where the files lie."""
         return self.data_dir / self.folder
 
+    def missing_files(self) -> Tuple[str, ...]:
+        """The names of ``files`` that are not in :attr:`data_folder`."""
+        return tuple(name for name in self.files if not (self.data_folder / name).is_file())
+
     def files_present(self) -> bool:
         """Whether every one of ``files`` is in :attr:`data_folder`."""
-        return all((self.data_folder / name).is_file() for name in self.files)
+        return not self.missing_files()
 
     def read_split(self, train: bool) -> Tuple[Tensor, Tensor]:
         """uint8 images ``(N, C, H, W)`` or ``(N, C*H*W)`` and int64 labels ``(N,)`` of one split.
@@ -197,6 +206,19 @@ class ImageDataModule(pl.LightningDataModule):
         raise NotImplementedError(f"{type(self).__name__} cannot download {self.name}")
 
     # ------------------------------------------------------------------ messages and checks
+    def _check_data_dir(self) -> None:
+        """Refuse a ``data_dir`` that is a file: it can neither hold the data nor receive it."""
+        if self.data_dir.exists() and not self.data_dir.is_dir():
+            raise DataNotFoundError(f"--data.data_dir {self.data_dir.resolve()} is a file, not a folder: point it at "
+                                    f"the folder that holds (or is to hold) {self.folder}/")
+
+    def _missing_reason(self) -> str:
+        """Which files are missing, when some of them are there (else: all of them)."""
+        missing = self.missing_files()
+        if len(missing) == len(self.files):
+            return "files missing"
+        return f"{', '.join(missing)} missing, the other files present"
+
     def missing_message(self, reason: str) -> str:
         """The missing-data message: the folder and files expected, and the two ways out."""
         return (
@@ -237,26 +259,33 @@ class ImageDataModule(pl.LightningDataModule):
     # ------------------------------------------------------------------ Lightning hooks
     def prepare_data(self) -> None:
         """Download once (on one process per node) if the files are missing."""
+        self._check_data_dir()
         if self.files_present():
             return
         if not self.download:
-            raise DataNotFoundError(self.missing_message("download is off"))
+            raise DataNotFoundError(self.missing_message(f"{self._missing_reason()}; download is off"))
+        reason = self._missing_reason()
         try:
             self.download_files()
         except Exception as err:  # no network, proxy, disk full...
             raise DataNotFoundError(
-                self.missing_message(f"the download failed: {type(err).__name__}: {err}")
+                self.missing_message(f"{reason}; the download failed: {type(err).__name__}: {err}")
             ) from None
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.data_train is not None:
             return
+        self._check_data_dir()
         if not self.files_present():
-            raise DataNotFoundError(self.missing_message("files missing"))
+            raise DataNotFoundError(self.missing_message(self._missing_reason()))
         train_images, train_labels = self._read_checked(train=True)
         test_images, test_labels = self._read_checked(train=False)
         if self.val_size >= len(train_labels):
-            raise ValueError(f"val_size={self.val_size} leaves no training data (the training set has {len(train_labels)})")
+            raise DataSplitError(
+                f"--data.val_size {self.val_size} leaves no training data: the training set of {self.name} in "
+                f"{self.data_folder.resolve()} has {len(train_labels)} images; hold out fewer "
+                "(--data.val_size 0 validates on the test set)"
+            )
         if self.val_size > 0:
             g = torch.Generator().manual_seed(self.split_seed)
             perm = torch.randperm(len(train_labels), generator=g)

@@ -67,8 +67,8 @@ class MNISTDataModule(ImageDataModule):
     #: the torchvision dataset class that downloads the files and lists their md5 sums
     torchvision_class = "MNIST"
 
-    def files_present(self) -> bool:
-        return all(self._find(name) is not None for name in self.files)
+    def missing_files(self) -> Tuple[str, ...]:
+        return tuple(name for name in self.files if self._find(name) is None)
 
     def read_split(self, train: bool) -> Tuple[Tensor, Tensor]:
         image_path, label_path = (self._find(name) for name in _SPLIT_FILES[train])

@@ -23,6 +23,8 @@ from typing import Callable, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from ..errors import SingularLayerError
+
 __all__ = [
     "MatrixView",
     "matrix_view",
@@ -86,23 +88,62 @@ class LayerInverse:
     With ``A`` the layer's matrix (``nn.Linear.weight``), rows map as ``z = x A^T + b``, so
     ``solve(r)`` returns ``X`` with ``X A^T = r`` and ``solve_affine(z)`` returns the input
     whose output is ``z``. ``lu, pivots`` factorise ``A^T`` itself
-    (``torch.linalg.lu_factor``): the transposed view is already in LAPACK's column-major
-    layout, so nothing is copied and the solve is a plain right-hand triangular solve,
-    one batched call for all rows.
+    (``torch.linalg.lu_factor_ex``): the transposed view is already in LAPACK's
+    column-major layout, so nothing is copied and the solve is a plain right-hand
+    triangular solve, one batched call for all rows.
+
+    The factorisation does not check for singularity (that would wait for the device at
+    every layer). :attr:`singular` is a 0-dim boolean tensor, computed on the device, that
+    is true when the matrix is singular to working precision: its smallest LU pivot
+    ``|U_ii|`` is at most ``n * eps`` times its largest (the rank tolerance of
+    ``numpy.linalg.matrix_rank``, applied to the pivots). A rule reads it together with
+    its other checks; :meth:`check` raises :class:`~lightning_gait.errors.SingularLayerError`
+    at once.
     """
 
     def __init__(self, lu: Tensor, pivots: Tensor, view: Optional[MatrixView] = None) -> None:
         self.lu = lu
         self.pivots = pivots
         self.view = view
+        self._singular: Optional[Tensor] = None
 
     @classmethod
     @torch.no_grad()
     def from_view(cls, view: MatrixView) -> "LayerInverse":
         if not view.is_square:
             raise ValueError(f"a matrix of shape {view.shape} is not square and has no inverse")
-        lu, pivots = torch.linalg.lu_factor(view.matrix.detach().T)
+        lu, pivots, _ = torch.linalg.lu_factor_ex(view.matrix.detach().T)
         return cls(lu, pivots, view)
+
+    def pivot_range(self) -> Tuple[Tensor, Tensor]:
+        """The smallest and largest ``|U_ii|`` of the factorisation (on the device)."""
+        return torch.aminmax(self.lu.diagonal(dim1=-2, dim2=-1).abs())
+
+    @property
+    def tolerance(self) -> float:
+        """``n * eps`` of the matrix's size and dtype: the pivot ratio at or below which it is singular."""
+        return self.lu.shape[-1] * torch.finfo(self.lu.dtype).eps
+
+    @property
+    def singular(self) -> Tensor:
+        """True (a 0-dim boolean tensor) when the matrix is singular to working precision."""
+        if self._singular is None:
+            low, high = self.pivot_range()
+            self._singular = low <= high * self.tolerance
+        return self._singular
+
+    def describe_singularity(self) -> str:
+        """Why :attr:`singular` holds, in words (waits for the device)."""
+        low, high = (float(v) for v in self.pivot_range())
+        ratio = low / high if high > 0 else 0.0
+        return (f"its smallest LU pivot is {ratio:.1e} times its largest, at or below n * eps = "
+                f"{self.tolerance:.1e} (n = {self.lu.shape[-1]}, {str(self.lu.dtype).replace('torch.', '')})")
+
+    def check(self, where: str = "the layer") -> None:
+        """Raise :class:`~lightning_gait.errors.SingularLayerError` naming ``where`` if :attr:`singular`."""
+        if bool(self.singular):
+            raise SingularLayerError(f"{where} is singular to working precision: {self.describe_singularity()}; "
+                                     "its inverse would be meaningless")
 
     @classmethod
     def from_linear(cls, layer: nn.Linear) -> "LayerInverse":

@@ -8,6 +8,8 @@ from torch import Tensor
 from torch.profiler import record_function
 
 from ..inverses import InverseStrategy, build_inverse_strategy
+from pytorch_lightning.utilities import rank_zero_warn
+
 from ..networks import ForwardTrace, InvertibleNetwork, LayerInverse
 from ..targets import (
     TARGET_MODES,
@@ -56,6 +58,8 @@ class GAITProp(LocalLearningRule):
     """
 
     requires_invertible = True
+    precision_advice = ("use --trainer.precision 64-true, or 32-true with the difference form "
+                        "(--model.init_args.target_mode difference)")
 
     def __init__(
         self,
@@ -88,6 +92,21 @@ class GAITProp(LocalLearningRule):
         self.eta = float(eta)
         self.target_mode = target_mode
         self.inverse_strategy = inverse_strategy
+
+    def check_precision(self, precision: str) -> None:
+        """Refuse half and mixed precisions; warn once for the paper's form in float32.
+
+        In the paper's form (``target_mode="absolute"``) the target ``t_l`` differs from
+        ``a_l`` by about ``eta`` (1e-7) relative, float32's resolution: below the output
+        the differences ``t_l - a_l`` are round-off, and so are those layers' updates.
+        """
+        super().check_precision(precision)
+        if str(precision) in ("32-true", "32") and self.target_mode == "absolute":
+            rank_zero_warn(
+                "GAITProp with target_mode='absolute' (the paper's form) under precision 32-true: the targets of "
+                "the layers below the output are lost to float32 round-off, so their updates are noise; use the "
+                "difference form (--model.init_args.target_mode difference) or --trainer.precision 64-true"
+            )
 
     # ------------------------------------------------------------------ extension points
     def layer_gamma(self, index: int, difference: Tensor) -> Tensor:
@@ -157,7 +176,7 @@ class GAITProp(LocalLearningRule):
                 i, trace, inverses[i], differences[i], targets[i], gamma
             )
             multipliers[i - 1] = multipliers[i] / gamma
-        self.check_finite(differences, what="target difference t - a")
+        self.check_finite(differences, what="target difference t - a", inverses=inverses)
         self.check_finite(multipliers, what="target multiplier")
         return TargetTrace(differences, multipliers, gammas, targets if absolute else None)
 

@@ -39,10 +39,12 @@ class TargetProp(LocalLearningRule):
         num_layers = self.net.num_layers
         targets: List[Optional[Tensor]] = [None] * num_layers
         targets[-1] = trace.output - self.output_step * g
+        inverses = [None] + [self.net.layer_inverse(i) for i in range(1, num_layers)]
         for i in range(num_layers - 1, 0, -1):
-            below = self.net.invert_layer(i, targets[i])
+            # G_l(t) = F_l^-1(f_l^-1(t)), as InvertibleNetwork.invert_layer
+            below = inverses[i].solve_affine(self.net.activation_of(i).inverse(targets[i]))
             targets[i - 1] = self.net.expand_to_previous(i, below, trace.post[i - 1], difference=False)
-        self.check_finite(targets, what="target")
+        self.check_finite(targets, what="target", inverses=inverses)
         differences = [t - a for t, a in zip(targets, trace.post)]
         ones = torch.ones(g.shape[0], dtype=g.dtype, device=g.device)
         self.last_diagnostics = TargetTrace(differences, [ones] * num_layers, [None] * num_layers, targets)

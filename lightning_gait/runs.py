@@ -1,0 +1,183 @@
+"""Where a ``fit`` run writes, and the checks before it starts or resumes.
+
+A run writes its checkpoints and its resolved ``config.yaml`` into one folder, the *run
+folder*: ``<save_dir>/<name>/<version>`` of its first logger (for the W&B logger
+``<save_dir>/<project>/<run id>``, for a CSV logger with ``version ""``
+``<save_dir>/<name>``), or ``default_root_dir`` without a logger; the checkpoints go to
+its ``checkpoints/`` (Lightning's ``ModelCheckpoint`` rule).
+
+* :func:`refuse_another_runs_folder`: a run does not start in a folder that holds another
+  run's checkpoints, unless it resumes one of them (``--ckpt_path`` in that folder).
+* :func:`check_resume_checkpoint`: the checkpoint to resume exists, reads completely, fits
+  the model (parameter names and shapes) and was written in the trainer's precision.
+* :func:`resume_wandb_run`: a resumed run continues the W&B run (and so the folder) that
+  wrote the checkpoint; :func:`record_wandb_run` stores its id in every checkpoint.
+
+Each raises a :class:`~lightning_gait.errors.UserError` whose message names the file and
+what to do.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from .errors import CheckpointError, RunFolderError
+
+__all__ = [
+    "CHECKPOINT_KEY",
+    "run_folder",
+    "checkpoint_folders",
+    "refuse_another_runs_folder",
+    "check_resume_checkpoint",
+    "record_wandb_run",
+    "resume_wandb_run",
+]
+
+#: the checkpoint entry where lightning-gait records the run (``{"wandb_run_id": ...}``)
+CHECKPOINT_KEY = "lightning_gait"
+
+_PRECISION_OF_DTYPE = {
+    torch.float64: "64-true",
+    torch.float32: "32-true",
+    torch.float16: "16-true",
+    torch.bfloat16: "bf16-true",
+}
+
+
+def _is_wandb(logger) -> bool:
+    from pytorch_lightning.loggers import WandbLogger
+
+    return isinstance(logger, WandbLogger)
+
+
+def run_folder(trainer) -> Optional[Path]:
+    """The folder this run writes to; ``None`` for a W&B run not started yet and without an
+    id (it gets a new id, and so a new folder)."""
+    if not trainer.loggers:
+        return Path(trainer.default_root_dir)
+    logger = trainer.loggers[0]
+    version = logger.version
+    if version is None and _is_wandb(logger):
+        return None
+    version = version if isinstance(version, str) else f"version_{version}"
+    return Path(logger.save_dir or trainer.default_root_dir) / str(logger.name) / version
+
+
+def checkpoint_folders(trainer) -> List[Path]:
+    """The folders the trainer's ``ModelCheckpoint`` callbacks will write to (known ones)."""
+    folders: List[Path] = []
+    for callback in trainer.checkpoint_callbacks:
+        if callback.dirpath is not None:
+            folder = Path(callback.dirpath)
+        else:
+            base = run_folder(trainer)
+            if base is None:
+                continue
+            folder = base / "checkpoints"
+        if folder.resolve() not in [f.resolve() for f in folders]:
+            folders.append(folder)
+    return folders
+
+
+def refuse_another_runs_folder(trainer, ckpt_path: Optional[str]) -> None:
+    """Raise :class:`RunFolderError` if this run would write its checkpoints into a folder
+    holding another run's, unless it resumes from one of them. Checked on global rank 0."""
+    if not trainer.is_global_zero:
+        return
+    resumed = Path(ckpt_path).resolve() if ckpt_path else None
+    for folder in checkpoint_folders(trainer):
+        found = sorted(folder.glob("*.ckpt")) if folder.is_dir() else []
+        if not found or (resumed is not None and resumed.parent == folder.resolve()):
+            continue
+        last = folder / "last.ckpt"
+        names = ", ".join(p.name for p in found[:3]) + (", ..." if len(found) > 3 else "")
+        raise RunFolderError(
+            f"{folder} already holds another run's checkpoints ({names}), which this run would replace: "
+            f"resume that run with --ckpt_path {last if last.is_file() else found[0]}, or give this one its "
+            "own folder (--trainer.default_root_dir DIR, or another logger name or version)"
+        )
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    first = text[0].split(". ")[0].rstrip(".") if text else ""
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
+def check_resume_checkpoint(path: str, model, precision: str) -> Dict[str, Any]:
+    """Load the checkpoint at ``path`` (memory-mapped) and check that ``model`` under
+    ``precision`` can resume from it; return it. Raises :class:`CheckpointError`."""
+    from .data.base import _PRECISION_DTYPES
+
+    file = Path(path).expanduser()
+    if not file.exists():
+        raise CheckpointError(f"--ckpt_path {path}: no such file")
+    if file.is_dir():
+        raise CheckpointError(f"--ckpt_path {path} is a folder; give a checkpoint file (such as "
+                              f"{file / 'checkpoints' / 'last.ckpt'})")
+    try:
+        checkpoint = torch.load(file, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as err:  # truncated zip, foreign pickle, ...: all mean "not a readable checkpoint"
+        raise CheckpointError(
+            f"--ckpt_path {path} cannot be read as a checkpoint ({_first_line(err)}): the file is truncated or "
+            "damaged (a run killed while writing it?); resume from another checkpoint of the run"
+        ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"--ckpt_path {path} is not a Lightning checkpoint (it holds no state_dict)")
+    if "optimizer_states" not in checkpoint or "loops" not in checkpoint:
+        raise CheckpointError(f"--ckpt_path {path} holds weights only (saved with weights_only=True), not the "
+                              "optimizer and loop state a run resumes from")
+    theirs, ours = checkpoint["state_dict"], model.state_dict()
+    for key, value in ours.items():
+        if key in theirs and tuple(theirs[key].shape) != tuple(value.shape):
+            raise CheckpointError(
+                f"--ckpt_path {path} does not fit the model: {key} has shape {tuple(theirs[key].shape)} in the "
+                f"checkpoint and {tuple(value.shape)} in the model of this configuration; resume with the "
+                "network settings the run started with (its config.yaml)"
+            )
+    missing = [k for k in ours if k not in theirs]
+    extra = [k for k in theirs if k not in ours]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"the checkpoint lacks {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}")
+        if extra:
+            parts.append(f"it holds {', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''}, which the model lacks")
+        raise CheckpointError(f"--ckpt_path {path} does not fit the model: {' and '.join(parts)}; resume with the "
+                              "rule and network the run started with (its config.yaml)")
+    dtypes = {v.dtype for v in theirs.values() if isinstance(v, torch.Tensor) and v.is_floating_point()}
+    wanted = _PRECISION_DTYPES.get(str(precision), torch.float32)
+    if len(dtypes) == 1 and wanted not in dtypes:
+        dtype = dtypes.pop()
+        written = _PRECISION_OF_DTYPE.get(dtype, str(dtype))
+        raise CheckpointError(
+            f"--ckpt_path {path} holds {str(dtype).replace('torch.', '')} weights (precision {written}) but this run "
+            f"uses --trainer.precision {precision}; resume with --trainer.precision {written}: a run continues "
+            "in the precision it started in"
+        )
+    return checkpoint
+
+
+def record_wandb_run(trainer, checkpoint: Dict[str, Any]) -> None:
+    """Store the id of the trainer's W&B run (if any) in ``checkpoint``."""
+    for logger in trainer.loggers:
+        if _is_wandb(logger) and trainer.is_global_zero and logger.version:
+            checkpoint.setdefault(CHECKPOINT_KEY, {})["wandb_run_id"] = str(logger.version)
+            return
+
+
+def resume_wandb_run(loggers, checkpoint: Dict[str, Any]) -> Optional[str]:
+    """Make a not yet started W&B logger without an id of its own continue the run that
+    wrote ``checkpoint``; returns that run's id (``None`` when nothing was changed)."""
+    run_id = (checkpoint.get(CHECKPOINT_KEY) or {}).get("wandb_run_id")
+    if not run_id:
+        return None
+    for logger in loggers:
+        if _is_wandb(logger) and logger._experiment is None and not logger._id:
+            logger._id = run_id
+            logger._wandb_init["id"] = run_id
+            logger._wandb_init.setdefault("resume", "allow")
+            return run_id
+    return None

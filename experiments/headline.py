@@ -18,7 +18,7 @@ Runs (``RUNS``):
 * ``bp_square``: backprop with the square output but no penalty (between ``bp`` and
   ``bp_matched``: which of the two differences costs backprop accuracy);
 * ``bp_smooth``, ``gait_smooth_norm``: BP-S and GAIT-SN (no leaky-ReLU kink);
-* ``fa``, ``fa_lr1e-5``: feedback alignment at the config's and a smaller learning rate,
+* ``fa``, ``fa_lr1e-4``: feedback alignment at the config's and a larger learning rate,
   with the diagnostics (correlation with backprop, condition numbers) along the way;
 * ``conv_bp``, ``conv_bp32``, ``conv_gait_norm``, ``conv_gait_norm_diff32``: the invertible CNN
   (``conf/conv/``), against the MLP's curves.
@@ -70,7 +70,7 @@ RUNS: Dict[str, tuple] = {
     "bp_smooth": ("bp_smooth", [], "BP-S (SL-ReLU)"),
     "gait_smooth_norm": ("gait_smooth_norm", [], "GAIT-SN, paper form, float64"),
     "fa": ("fa", [], "FA as conf/fa.yaml (lr 2.5e-5)"),
-    "fa_lr1e-5": ("fa", ["--model.init_args.lr", "1e-5"], "FA, lr 1e-5"),
+    "fa_lr1e-4": ("fa", ["--model.init_args.lr", "1e-4"], "FA, lr 1e-4"),
     "conv_bp": ("conv/bp", [], "BP on the invertible CNN (lr 1e-4)"),
     "conv_bp32": ("conv/bp", ["--trainer.precision", "32-true"], "BP on the invertible CNN, float32 (lr 1e-4)"),
     "conv_gait_norm": ("conv/gait_norm", [], "GAIT-N on the invertible CNN, paper form, float64 (lr 1e-4)"),
@@ -411,7 +411,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                  names=[n for n in RUNS if not n.startswith(("conv_", "fa"))],
                                  title=f"MLP runs (float64 unless named), epochs 1-{args.epoch or 'last'}")
         peers = plot_curves(results, results / f"fa_{suffix}.png", max_epoch=args.epoch,
-                            names=["bp", "fa", "fa_lr1e-5"], title="feedback alignment against BP")
+                            names=["bp", "fa", "fa_lr1e-4"], title="feedback alignment against BP")
         full = plot_curves(results, results / "full_length.png", names=["bp", "gait_norm"],
                            title="BP and GAIT-N at full length (as far as the runs got)")
         conv = plot_curves(results, results / f"conv_{suffix}.png", max_epoch=args.epoch,

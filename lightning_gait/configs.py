@@ -53,7 +53,7 @@ _CONFIG_FLAGS = ("--config", "-c")
 
 
 class ConfigError(ValueError):
-    """A config's ``base`` cannot be found, or bases form a cycle."""
+    """A config's ``base`` cannot be found, bases form a cycle, or a file is not valid YAML."""
 
 
 class SizeError(ValueError):
@@ -124,7 +124,13 @@ def _layers(path: Path, seen: Tuple[Path, ...] = ()) -> List[Tuple[Path, Optiona
     if path in seen:
         chain = " -> ".join(str(p) for p in (*seen, path))
         raise ConfigError(f"config bases form a cycle: {chain}")
-    content = yaml.safe_load(path.read_text())
+    try:
+        content = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{at}: {problem}") from None
     if not isinstance(content, dict) or BASE_KEY not in content:
         return [(path, None)]
     content = dict(content)
@@ -136,7 +142,8 @@ def _layers(path: Path, seen: Tuple[Path, ...] = ()) -> List[Tuple[Path, Optiona
 
 
 def expand_config_args(args: Sequence[str]) -> List[str]:
-    """``args`` with every ``--config``/``-c`` value that names a file replaced by its layers.
+    """``args`` with every ``--config``/``-c`` value (also ``--config=V``, ``-cV``, ``-c=V``)
+    that names a file replaced by its layers.
 
     A file without ``base`` stays a path (resolved, so that a name works); a file with one
     becomes its base's layers followed by its own content as a YAML string. Other values
@@ -152,6 +159,8 @@ def expand_config_args(args: Sequence[str]) -> List[str]:
             i += 1
         elif isinstance(arg, str) and arg.startswith("--config="):
             flag, value = "--config", arg.split("=", 1)[1]
+        elif isinstance(arg, str) and arg.startswith("-c") and len(arg) > 2 and not arg.startswith("--"):
+            flag, value = "--config", arg[2:].removeprefix("=")  # -cNAME, -c=NAME
         i += 1
         found = None if flag is None else find_config(value)
         if found is None:

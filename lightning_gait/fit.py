@@ -276,20 +276,24 @@ def _close_process_group() -> None:
 def main(args=None) -> int:
     """Entry point; returns the process exit code."""
     code = 1  # an exception escaping _main
+    wandb = sys.modules.get("wandb")
+    caller_run = getattr(wandb, "run", None) if wandb is not None else None  # e.g. a sweep agent's
     try:
         code = _main(args)
         return code
     finally:
-        _finish_wandb(code)
+        _finish_wandb(code, keep=caller_run)
         _close_process_group()
 
 
-def _finish_wandb(exit_code: int) -> None:
-    """Finish the W&B run this process started (if any) with ``exit_code``, while the
-    process group still exists, so that an offline run file is complete when ``fit``
-    returns instead of after interpreter exit, and a failed run is recorded as failed."""
+def _finish_wandb(exit_code: int, keep=None) -> None:
+    """Finish the W&B run this call started (if any) with ``exit_code``, while the process
+    group still exists, so that an offline run file is complete when ``fit`` returns
+    instead of after interpreter exit, and a failed run is recorded as failed. A run that
+    was open before the call (``keep``, e.g. a sweep agent's function) is left open."""
     wandb = sys.modules.get("wandb")
-    if wandb is not None and getattr(wandb, "run", None) is not None:
+    run = getattr(wandb, "run", None) if wandb is not None else None
+    if run is not None and run is not keep:
         wandb.finish(exit_code=exit_code)
 
 

@@ -189,6 +189,31 @@ def test_base_is_expanded_before_parsing(tmp_path):
     (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
     with pytest.raises(ConfigError, match="cycle"):
         expand_config_args(["--config", str(tmp_path / "loop.yaml")])
+    # the short flag glued to its value names a config too
+    assert expand_config_args(["-cgait_norm"])[:2] == expand_config_args(["-c=gait_norm"])[:2] == \
+        ["--config", str((REPO_ROOT / "conf" / "base.yaml").resolve())]
+    # a malformed file in the chain is named, with the place of the problem
+    (tmp_path / "broken.yaml").write_text("base: gait_norm\nmodel:\n  init_args:\n    lr: [1, 2\n")
+    (tmp_path / "child.yaml").write_text("base: broken.yaml\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml: not valid YAML \(line 5, column 1\)"):
+        expand_config_args(["--config", str(tmp_path / "child.yaml")])
+
+
+def test_fit_leaves_a_w_and_b_run_it_did_not_start_open(tmp_path, monkeypatch):
+    """A run opened around ``fit.main`` (a sweep agent's function) stays open; fit's own is finished."""
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    outer = wandb.init(project="outer", dir=str(tmp_path), settings=wandb.Settings(silent=True))
+    try:
+        with pytest.raises(SystemExit):  # --print_config prints and exits, through main's cleanup
+            fit.main(["--config", "gait_norm", "--print_config"])
+        assert wandb.run is outer
+        fit._finish_wandb(0, keep=outer)
+        assert wandb.run is outer
+    finally:
+        wandb.finish()
+    assert wandb.run is None
 
 
 class RandomImages(pl.LightningDataModule):

@@ -310,7 +310,8 @@ def plot_curves(results: Path, path: Path, *, names: Optional[Sequence[str]] = N
     if not curves:
         return None
     order = [n for n in (names or RUNS) if n in curves]
-    colours = {name: f"C{k}" for k, name in enumerate(order)}
+    palette = plt.get_cmap("tab20")  # one colour per run, the same in every figure
+    colours = {name: palette(list(RUNS).index(name) % 20 if name in RUNS else 19) for name in order}
     fig, (ax_acc, ax_corr) = plt.subplots(1, 2, figsize=(12, 4.4))
     for name in order:
         for k, (seed, epochs) in enumerate(sorted(curves[name])):
@@ -414,12 +415,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             names=["bp", "fa", "fa_lr1e-4"], title="feedback alignment against BP")
         full = plot_curves(results, results / "full_length.png", names=["bp", "gait_norm"],
                            title="BP and GAIT-N at full length (as far as the runs got)")
-        conv = plot_curves(results, results / f"conv_{suffix}.png", max_epoch=args.epoch,
-                           names=["bp", "gait_norm", "conv_bp", "conv_bp32", "conv_gait_norm", "conv_gait_norm_diff32"],
-                           title="invertible CNN against the MLP")
+        conv = None if not any(results.glob("conv_*_s*.csv")) else plot_curves(
+            results, results / f"conv_{suffix}.png", max_epoch=args.epoch,
+            names=["bp", "gait_norm", "conv_bp", "conv_bp32", "conv_gait_norm", "conv_gait_norm_diff32"],
+            title="invertible CNN against the MLP")
         for figure, what in ((controlled, "MLP curves"), (peers, "FA curves"), (full, "full-length curves"),
                              (conv, "CNN curves")):
-            print(f"wrote {figure}" if figure else f"skipped the {what}: no run with a finished epoch")
+            print(f"wrote {figure}" if figure else f"skipped the {what}: no such run with a finished epoch")
     return 0
 
 

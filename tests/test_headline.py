@@ -115,7 +115,7 @@ def test_run_resume_sync_and_report(tiny_cifar_root, tmp_path, capsys):
     assert row["run"] == "bp" and 0.0 <= float(row["final_mean"]) <= 1.0
     assert (results / "curves_epoch2.png").stat().st_size > 0
     assert (results / "full_length.png").stat().st_size > 0
-    assert "skipped the CNN curves" not in out  # bp is on the CNN figure as the MLP reference
+    assert "skipped the CNN curves: no such run" in out and not (results / "conv_epoch2.png").exists()
 
     assert headline.main(["report", "--epoch", "3", "--results", str(results)]) == 1
     assert "not yet at epoch 3: bp_s0 (2 epochs)" in capsys.readouterr().out

@@ -44,7 +44,9 @@ def measure(*, width: int = 500, depth: int = 6, batch: int = 256, in_features: 
     for i in range(warmup + steps):
         start = time.perf_counter()
         for (gw, gb), (w, b) in zip(rule.local_gradients(x, y), rule.net.layer_parameters()):
-            w.grad, b.grad = gw, gb
+            w.grad = gw
+            if b is not None:
+                b.grad = gb
         optimizer.step()
         stepped = time.perf_counter()
         rule.read_step_checks(rule.check_batch(x, y))  # the start of training_step

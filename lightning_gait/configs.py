@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
@@ -141,6 +141,30 @@ def _layers(path: Path, seen: Tuple[Path, ...] = ()) -> List[Tuple[Path, Optiona
     return _layers(found, (*seen, path)) + [(path, content)]
 
 
+def _config_flags(args: Sequence[str]) -> Iterator[Tuple[str, Optional[str], Optional[str]]]:
+    """``(arg, flag, value)`` per argument of a command line: ``flag`` and ``value`` for a
+    config option in any of its forms (``--config V``, ``-c V``, ``--config=V``, ``-cV``,
+    ``-c=V``), else ``(arg, None, None)``."""
+    args = list(args)
+    i = 0
+    while i < len(args):
+        arg, flag, value = args[i], None, None
+        if arg in _CONFIG_FLAGS and i + 1 < len(args):
+            flag, value = arg, args[i + 1]
+            i += 1
+        elif isinstance(arg, str) and arg.startswith("--config="):
+            flag, value = "--config", arg.split("=", 1)[1]
+        elif isinstance(arg, str) and arg.startswith("-c") and len(arg) > 2 and not arg.startswith("--"):
+            flag, value = "--config", arg[2:].removeprefix("=")  # -cNAME, -c=NAME
+        i += 1
+        yield arg, flag, value
+
+
+def config_values(args: Sequence[str]) -> List[str]:
+    """The values of every config option of a command line, in order (any form of the flag)."""
+    return [value for _, flag, value in _config_flags(args) if flag is not None]
+
+
 def expand_config_args(args: Sequence[str]) -> List[str]:
     """``args`` with every ``--config``/``-c`` value (also ``--config=V``, ``-cV``, ``-c=V``)
     that names a file replaced by its layers.
@@ -150,18 +174,7 @@ def expand_config_args(args: Sequence[str]) -> List[str]:
     (YAML strings, missing files) are left to jsonargparse.
     """
     out: List[str] = []
-    args = list(args)
-    i = 0
-    while i < len(args):
-        arg, flag = args[i], None
-        if arg in _CONFIG_FLAGS and i + 1 < len(args):
-            flag, value = arg, args[i + 1]
-            i += 1
-        elif isinstance(arg, str) and arg.startswith("--config="):
-            flag, value = "--config", arg.split("=", 1)[1]
-        elif isinstance(arg, str) and arg.startswith("-c") and len(arg) > 2 and not arg.startswith("--"):
-            flag, value = "--config", arg[2:].removeprefix("=")  # -cNAME, -c=NAME
-        i += 1
+    for arg, flag, value in _config_flags(args):
         found = None if flag is None else find_config(value)
         if found is None:
             out += [arg] if flag is None else [flag, value]

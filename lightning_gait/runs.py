@@ -112,6 +112,10 @@ def check_resume_checkpoint(path: str, model, precision: str) -> Dict[str, Any]:
     from .data.base import _PRECISION_DTYPES
 
     file = Path(path).expanduser()
+    if not file.exists() and path in ("last", "best", "hpc", "registry"):
+        raise CheckpointError(
+            f"--ckpt_path {path}: give the checkpoint file itself (e.g. outputs/lightning-gait/<run id>/checkpoints/"
+            "last.ckpt); Lightning's keywords do not find it, since every run writes to a folder of its own")
     if not file.exists():
         raise CheckpointError(f"--ckpt_path {path}: no such file")
     if file.is_dir():

@@ -35,11 +35,9 @@ def regime_of(args: Sequence[str], logger_name: Optional[str] = None) -> Optiona
     """The regime named by ``args`` (a ``fit`` command line, before its configs are expanded)."""
     import yaml
 
-    from .configs import _CONFIG_FLAGS, BASE_KEY, CONF_DIR, find_config, regime_names
+    from .configs import BASE_KEY, CONF_DIR, config_values, find_config, regime_names
 
-    values = [b for a, b in zip(args, args[1:]) if a in _CONFIG_FLAGS]
-    values += [a.split("=", 1)[1] for a in args if isinstance(a, str) and a.startswith("--config=")]
-    for value in values:
+    for value in config_values(args):
         path = find_config(value) if isinstance(value, str) else None
         if path is None:
             continue

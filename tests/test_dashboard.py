@@ -151,6 +151,8 @@ def test_run_records_regime_config_version_and_best(regime_runs):
 def test_regime_of_command_lines(tmp_path):
     assert regime_of(["--config", "gait_norm", "--config", "trainer/ddp_cpu"]) == "gait_norm"
     assert regime_of([f"--config={REPO_ROOT}/conf/tp.yaml"], "x") == "tp"
+    assert regime_of(["-cbp", "-c", "trainer/ddp_cpu"], "x") == "bp"
+    assert regime_of(["-c=fa"], "x") == "fa"
     own = tmp_path / "my_regime.yaml"
     own.write_text("base: gait_norm.yaml\n")
     assert regime_of(["--config", str(own)]) == "my_regime"

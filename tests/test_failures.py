@@ -203,6 +203,13 @@ def test_skip_gives_up_when_every_batch_fails(tmp_path):
     assert fitting.global_step == 0 and rule.skipped_batches == 2
 
 
+def test_a_checkpoint_keyword_asks_for_the_file(tmp_path):
+    from lightning_gait.runs import CheckpointError, check_resume_checkpoint
+
+    with pytest.raises(CheckpointError, match="--ckpt_path last: give the checkpoint file itself"):
+        check_resume_checkpoint("last", None, "64-true")
+
+
 def test_max_consecutive_skips_is_checked():
     with pytest.raises(ValueError, match="max_consecutive_skips"):
         GAITProp(small_net(), max_consecutive_skips=0)

@@ -120,8 +120,9 @@ class LocalLearningRule(pl.LightningModule):
             ``"skip"`` the batch (no optimizer step), warn and count it in
             ``train/skipped_batches``. Non-finite weights after an optimizer step cannot
             be skipped: they raise under either policy.
-        max_consecutive_skips: under ``"skip"``, raise instead once this many batches in
-            a row have been skipped (weights that have diverged make every batch fail).
+        max_consecutive_skips: under ``"skip"``, the ``max_consecutive_skips``-th failing
+            batch in a row raises instead of being skipped (so ``N - 1`` are skipped; 1
+            raises at once): weights that have diverged make every batch fail.
         fused_adam: use PyTorch's fused Adam kernel (``torch.optim.Adam(fused=True)``).
             ``None`` (default): fused wherever every parameter is a floating tensor on a
             device the fused kernel supports (CPU, CUDA, ...), else PyTorch's default Adam.

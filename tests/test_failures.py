@@ -161,21 +161,18 @@ def test_a_checkpoint_that_cannot_be_resumed_is_named(damage, finished_run, tiny
             "weights_only": "weights only"}[damage] in err
 
 
-def test_a_checkpoint_of_another_width_names_the_parameter_and_shapes(finished_run, tiny_cifar_root, tmp_path, capsys):
-    code, err = run_fit(cli_args(tiny_cifar_root, tmp_path, "--trainer.max_epochs", "2",
-                                 "--model.init_args.net.init_args.width", "16",
+@pytest.mark.parametrize("override, expected", [
+    (["--model.init_args.net.init_args.width", "16"],  # another width: the parameter and both shapes
+     ["does not fit the model: net.layers.0.weight has shape (24, 3072) in the checkpoint and (16, 3072)"]),
+    (["--trainer.precision", "32-true"],  # another precision: how to resume
+     ["holds float64 weights (precision 64-true) but this run uses --trainer.precision 32-true",
+      "resume with --trainer.precision 64-true"]),
+])
+def test_a_checkpoint_that_does_not_fit_says_why(override, expected, finished_run, tiny_cifar_root, tmp_path, capsys):
+    code, err = run_fit(cli_args(tiny_cifar_root, tmp_path, "--trainer.max_epochs", "2", *override,
                                  "--ckpt_path", str(finished_run / "checkpoints" / "last.ckpt")), capsys)
     assert code == 2
-    assert "does not fit the model: net.layers.0.weight has shape (24, 3072) in the checkpoint and (16, 3072)" in err
-
-
-def test_a_checkpoint_of_another_precision_says_how_to_resume(finished_run, tiny_cifar_root, tmp_path, capsys):
-    code, err = run_fit(cli_args(tiny_cifar_root, tmp_path, "--trainer.max_epochs", "2",
-                                 "--trainer.precision", "32-true",
-                                 "--ckpt_path", str(finished_run / "checkpoints" / "last.ckpt")), capsys)
-    assert code == 2
-    assert "holds float64 weights (precision 64-true) but this run uses --trainer.precision 32-true" in err
-    assert "resume with --trainer.precision 64-true" in err
+    assert all(text in err for text in expected), err
 
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-true"])

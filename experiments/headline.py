@@ -126,6 +126,17 @@ def last_checkpoint(outputs: Path, rid: str) -> Optional[Path]:
     return found[-1] if found else None
 
 
+def _segments(run_dir: Path) -> List[tuple]:
+    """``(k, metrics file)`` of one run in the order written: ``metrics.csv`` in the run's
+    folder (a run logged without segments) as ``k = 0``, then ``part{k}/metrics.csv``."""
+    found = [(0, 0, run_dir / "metrics.csv")] if (run_dir / "metrics.csv").is_file() else []
+    for path in run_dir.glob("part*/metrics.csv"):
+        index = path.parent.name[len("part"):]
+        if index.isdigit():
+            found.append((int(index), 1, path))
+    return [(k, path) for k, _, path in sorted(found)]
+
+
 def log_segments(run_dir: Path) -> List[Path]:
     """The metrics files of one run in the order they were written: ``metrics.csv`` in the
     run's folder (a run logged without segments) first, then ``part{k}/metrics.csv`` by ``k``.
@@ -134,19 +145,12 @@ def log_segments(run_dir: Path) -> List[Path]:
     logger rewrites a ``metrics.csv`` it finds from what it holds in memory, which would
     drop the epochs logged before the resume.
     """
-    parts = []
-    for path in run_dir.glob("part*/metrics.csv"):
-        index = path.parent.name[len("part"):]
-        if index.isdigit():
-            parts.append((int(index), path))
-    legacy = [run_dir / "metrics.csv"] if (run_dir / "metrics.csv").is_file() else []
-    return legacy + [path for _, path in sorted(parts)]
+    return [path for _, path in _segments(run_dir)]
 
 
 def next_log_version(run_dir: Path) -> str:
     """The segment the next start of the run logs to: ``part{k+1}`` after the last ``part{k}``."""
-    indices = [0] + [int(p.parent.name[len("part"):]) for p in log_segments(run_dir) if p.parent != run_dir]
-    return f"part{max(indices) + 1}"
+    return f"part{max([k for k, _ in _segments(run_dir)], default=0) + 1}"
 
 
 def merge_segments(segments: Sequence[Path], dest: Path) -> Path:

@@ -29,7 +29,7 @@ start resumes from the ``last.ckpt`` of the latest segment (also with a larger
 ``--epochs``: a 20-epoch run continues to 200).
 ``sync`` joins each run's segments into ``results/headline/{name}_s{seed}.csv``;
 ``report`` prints the table from those CSVs (``--write``: also the summary CSV and the
-figures).
+figures); the CNN runs are compared with the MLP by :mod:`experiments.conv_comparison`.
 
 Commands::
 
@@ -419,12 +419,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             names=["bp", "fa", "fa_lr1e-4"], title="feedback alignment against BP")
         full = plot_curves(results, results / "full_length.png", names=["bp", "gait_norm"],
                            title="BP and GAIT-N at full length (as far as the runs got)")
-        conv = None if not any(results.glob("conv_*_s*.csv")) else plot_curves(
-            results, results / f"conv_{suffix}.png", max_epoch=args.epoch,
-            names=["bp", "gait_norm", "conv_bp", "conv_bp32", "conv_gait_norm", "conv_gait_norm_diff32"],
-            title="invertible CNN against the MLP")
-        for figure, what in ((controlled, "MLP curves"), (peers, "FA curves"), (full, "full-length curves"),
-                             (conv, "CNN curves")):
+        for figure, what in ((controlled, "MLP curves"), (peers, "FA curves"), (full, "full-length curves")):
             print(f"wrote {figure}" if figure else f"skipped the {what}: no such run with a finished epoch")
     return 0
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from experiments import headline
+from experiments import conv_comparison, headline
 from experiments.common import regime_cli
 
 
@@ -115,7 +115,43 @@ def test_run_resume_sync_and_report(tiny_cifar_root, tmp_path, capsys):
     assert row["run"] == "bp" and 0.0 <= float(row["final_mean"]) <= 1.0
     assert (results / "curves_epoch2.png").stat().st_size > 0
     assert (results / "full_length.png").stat().st_size > 0
-    assert "skipped the CNN curves: no such run" in out and not (results / "conv_epoch2.png").exists()
 
     assert headline.main(["report", "--epoch", "3", "--results", str(results)]) == 1
     assert "not yet at epoch 3: bp_s0 (2 epochs)" in capsys.readouterr().out
+
+
+def _write_mlp(path, accuracies):
+    """An experiments.training CSV: evaluated every half epoch."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["regime", "epoch", "test_acc"])
+        for k, acc in enumerate(accuracies):
+            writer.writerow(["x", (k + 1) / 2, acc])
+
+
+def test_conv_comparison_reads_both_formats_at_one_epoch(tmp_path, capsys):
+    results, mlp = tmp_path / "results", tmp_path / "mlp"
+    results.mkdir()
+    mlp.mkdir()
+    for name, accs in (("conv_bp32_s0", [0.33, 0.41, 0.47]), ("conv_gait_norm_diff32_s0", [0.31, 0.38, 0.44])):
+        _write_metrics(results / f"{name}.csv", [
+            row for k, acc in enumerate(accs)
+            for row in ({"step": 10 * k + 5, "bp_corr/layer_1": 0.99 - k / 100, "bp_corr/layer_2": 0.999},
+                        {"step": 10 * k + 9, "epoch": k, "val/acc": acc})
+        ])
+    _write_mlp(mlp / "bp.csv", [0.29, 0.32, 0.33, 0.34, 0.355, 0.36])  # epochs 0.5 .. 3
+    _write_mlp(mlp / "gait_norm.csv", [0.27, 0.30, 0.31, 0.32, 0.33, 0.335])
+    rows = {r["quantity"]: r["value_pp"] for r in conv_comparison.compare(3, results=results, mlp=mlp)}
+    assert rows["cnn_gait_n_test_acc"] == pytest.approx(44.0) and rows["mlp_bp_test_acc"] == pytest.approx(36.0)
+    assert rows["cnn_gait_n_minus_mlp_bp"] == pytest.approx(8.0)
+    assert rows["cnn_gap_bp_minus_gait_n"] == pytest.approx(3.0)
+    assert rows["mlp_gap_bp_minus_gait_n"] == pytest.approx(2.5)
+
+    assert conv_comparison.main(["--epoch", "3", "--results", str(results), "--mlp", str(mlp), "--write"]) == 0
+    with open(results / "conv_epoch3.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 7
+    assert (results / "conv_epoch3.png").stat().st_size > 0
+
+    capsys.readouterr()
+    assert conv_comparison.main(["--epoch", "4", "--results", str(results), "--mlp", str(mlp)]) == 1
+    assert "conv_bp32_s0.csv has no test accuracy at epoch 4 (it has 3 epochs)" in capsys.readouterr().err

@@ -1,0 +1,173 @@
+"""``python -m experiments.conv_comparison``: the invertible CNN against the paper's MLP.
+
+Reads, at one epoch ``N`` (the same for every run):
+
+* the CNN's runs from ``results/headline/`` (written by ``experiments.headline run`` and
+  ``sync``): BP (``conv_bp32``) and GAIT-N (``conv_gait_norm_diff32``, difference form), both
+  float32, lr 1e-4, the same seed;
+* the MLP's runs of Fig. 2A from ``results/epochs20/training/`` (``experiments.training``,
+  float64, seed 0, evaluated every half epoch): BP (``bp.csv``) and GAIT-N (``gait_norm.csv``).
+
+and reports each one's test accuracy at epoch ``N``, the CNN GAIT-N's margin over the MLP's
+BP, and the GAIT-N-to-BP gap of each network. ``--write`` also writes
+``conv_epoch{N}.csv`` (one row per quantity) and ``conv_epoch{N}.png`` (test accuracy of the
+four runs; the CNN GAIT-N's per-layer ``1 - r``, r its correlation with backprop, computed in
+float64) into the results folder::
+
+    python -m experiments.headline run conv_bp32 conv_gait_norm_diff32 --seeds 0 --epochs 10
+    python -m experiments.headline sync
+    python -m experiments.conv_comparison --epoch 10 --write
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from .headline import RESULTS_DIR, RUNS, read_epochs, run_id
+
+MLP_DIR = Path("results/epochs20/training")
+
+
+def mlp_accuracy(path: Path) -> Dict[int, float]:
+    """Test accuracy at each whole epoch of an ``experiments.training`` CSV (``epoch`` may be
+    fractional there: the run is evaluated every half epoch)."""
+    out: Dict[int, float] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            epoch = float(row["epoch"])
+            if epoch >= 1 and epoch == int(epoch):
+                out[int(epoch)] = float(row["test_acc"])
+    return out
+
+
+def _at(curve: Dict[int, float], epoch: int, what: str) -> float:
+    if epoch not in curve:
+        done = max(curve) if curve else 0
+        raise LookupError(f"{what} has no test accuracy at epoch {epoch} (it has {done} epochs)")
+    return curve[epoch]
+
+
+def compare(epoch: int, *, results: Path = RESULTS_DIR, mlp: Path = MLP_DIR, seed: int = 0,
+            conv_bp: str = "conv_bp32", conv_gait: str = "conv_gait_norm_diff32") -> List[Dict[str, object]]:
+    """Rows ``(quantity, epoch, value_pp, source)``: the four test accuracies at ``epoch`` (%),
+    then the CNN GAIT-N's margin over the MLP's BP and the two GAIT-N-to-BP gaps
+    (percentage points; a gap is BP minus GAIT-N). Raises ``LookupError`` naming the run that
+    has not reached ``epoch``."""
+    sources = {
+        "cnn_bp": results / f"{run_id(conv_bp, seed)}.csv",
+        "cnn_gait_n": results / f"{run_id(conv_gait, seed)}.csv",
+        "mlp_bp": mlp / "bp.csv",
+        "mlp_gait_n": mlp / "gait_norm.csv",
+    }
+    for key, path in sources.items():
+        if not path.is_file():
+            raise LookupError(f"{key}: {path} does not exist")
+    acc = {
+        key: 100 * _at({e["epoch"]: e["test_acc"] for e in read_epochs(sources[key])}, epoch, str(sources[key]))
+        for key in ("cnn_bp", "cnn_gait_n")
+    }
+    acc.update({key: 100 * _at(mlp_accuracy(sources[key]), epoch, str(sources[key]))
+                for key in ("mlp_bp", "mlp_gait_n")})
+    rows: List[Dict[str, object]] = [
+        {"quantity": f"{key}_test_acc", "epoch": epoch, "value_pp": acc[key], "source": str(sources[key])}
+        for key in ("cnn_bp", "cnn_gait_n", "mlp_bp", "mlp_gait_n")
+    ]
+    derived = {
+        "cnn_gait_n_minus_mlp_bp": acc["cnn_gait_n"] - acc["mlp_bp"],
+        "cnn_gap_bp_minus_gait_n": acc["cnn_bp"] - acc["cnn_gait_n"],
+        "mlp_gap_bp_minus_gait_n": acc["mlp_bp"] - acc["mlp_gait_n"],
+    }
+    rows += [{"quantity": key, "epoch": epoch, "value_pp": value, "source": "derived"}
+             for key, value in derived.items()]
+    return rows
+
+
+def format_rows(rows: Sequence[Dict[str, object]]) -> str:
+    return "\n".join(f"{r['quantity']:26s} epoch {r['epoch']:3d}  {r['value_pp']:7.2f}  ({r['source']})"
+                     for r in rows)
+
+
+def plot(epoch: int, path: Path, *, results: Path = RESULTS_DIR, mlp: Path = MLP_DIR, seed: int = 0,
+         conv_bp: str = "conv_bp32", conv_gait: str = "conv_gait_norm_diff32") -> Path:
+    """Left: test accuracy of the four runs, epochs 1..``epoch``. Right: ``1 - r`` per layer of
+    the CNN's GAIT-N run at each epoch's end (log axis; one colour per layer)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_acc, ax_corr) = plt.subplots(1, 2, figsize=(12, 4.4))
+    cnn = {name: [e for e in read_epochs(results / f"{run_id(name, seed)}.csv") if e["epoch"] <= epoch]
+           for name in (conv_bp, conv_gait)}
+    for name, colour in ((conv_bp, "tab:blue"), (conv_gait, "tab:red")):
+        ax_acc.plot([e["epoch"] for e in cnn[name]], [100 * e["test_acc"] for e in cnn[name]], "-o", ms=3,
+                    color=colour, label=f"CNN: {RUNS[name][2]}")
+    for file, label, colour in (("bp.csv", "MLP: BP, float64 (results/epochs20)", "tab:blue"),
+                                ("gait_norm.csv", "MLP: GAIT-N, paper form, float64 (results/epochs20)", "tab:red")):
+        curve = sorted((e, a) for e, a in mlp_accuracy(mlp / file).items() if e <= epoch)
+        ax_acc.plot(*zip(*[(e, 100 * a) for e, a in curve]), "--", color=colour, label=label)
+    ax_acc.set_xlabel("epoch")
+    ax_acc.set_ylabel("test accuracy (%)")
+    ax_acc.legend(fontsize=7, loc="lower right")
+    layers = sorted({k for e in cnn[conv_gait] for k in e if k.startswith("bp_corr/layer_")},
+                    key=lambda k: int(k.rsplit("_", 1)[1]))
+    palette = plt.get_cmap("viridis")
+    for i, key in enumerate(layers):
+        points = [(e["epoch"], max(1.0 - e[key], 1e-12)) for e in cnn[conv_gait] if key in e]
+        if points:
+            ax_corr.plot(*zip(*points), "-o", ms=3, color=palette(i / max(1, len(layers) - 1)),
+                         label=key.replace("bp_corr/", "").replace("_", " "))
+    ax_corr.set_yscale("log")
+    ax_corr.set_xlabel("epoch")
+    ax_corr.set_ylabel("1 - correlation with backprop\n(CNN GAIT-N; computed in float64)")
+    ax_corr.legend(fontsize=7, ncol=2)
+    for a in (ax_acc, ax_corr):
+        a.grid(alpha=0.3)
+    fig.suptitle(f"CIFAR-10: invertible CNN (float32, lr 1e-4, seed {seed}) against the paper's MLP", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_rows(rows: Sequence[Dict[str, object]], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments.conv_comparison", description=__doc__.split("\n")[0])
+    parser.add_argument("--epoch", type=int, default=10, help="compare every run at this epoch (default 10)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--results", default=str(RESULTS_DIR), help="the CNN runs' synced CSVs")
+    parser.add_argument("--mlp", default=str(MLP_DIR), help="the MLP's experiments.training CSVs")
+    parser.add_argument("--write", action="store_true", help="write conv_epoch{N}.csv and .png into --results")
+    args = parser.parse_args(argv)
+    results, mlp = Path(args.results), Path(args.mlp)
+    try:
+        rows = compare(args.epoch, results=results, mlp=mlp, seed=args.seed)
+    except LookupError as err:
+        print(f"cannot compare at epoch {args.epoch}: {err}", file=sys.stderr)
+        return 1
+    print(format_rows(rows))
+    if any(math.isnan(float(r["value_pp"])) for r in rows):
+        print("a test accuracy is NaN", file=sys.stderr)
+        return 1
+    if args.write:
+        print("wrote", write_rows(rows, results / f"conv_epoch{args.epoch}.csv"))
+        print("wrote", plot(args.epoch, results / f"conv_epoch{args.epoch}.png", results=results, mlp=mlp,
+                            seed=args.seed))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -370,6 +370,20 @@ def test_training_on_labels_out_of_range_stops_with_the_labels_named():
     assert fitting.global_step == 3  # the batches before the bad one trained
 
 
+def test_label_range_is_read_exactly_under_bfloat16():
+    """bfloat16 rounds 259 to 260: the label bounds must not be read in the weights' dtype."""
+    classes = 260
+    torch.manual_seed(0)
+    net = InvertibleMLP(IN, WIDTH, 2, classes, square_output=False).to(torch.bfloat16)
+    x = torch.randn(64, IN, dtype=torch.bfloat16)
+    y = torch.full((64,), classes - 1, dtype=torch.long)
+    fitting = trainer(max_steps=2, precision="bf16-true")
+    fitting.fit(Backprop(net, lr=1e-3), loader(x, y, batch_size=32))
+    assert fitting.global_step == 2
+    with pytest.raises(BatchError, match=f"labels from {classes} to {classes}"):
+        trainer(max_steps=2, precision="bf16-true").fit(Backprop(net, lr=1e-3), loader(x, y + 1, batch_size=32))
+
+
 # ---------------------------------------------------------------- damaged data
 @pytest.fixture
 def cifar_copy(tiny_cifar_root, tmp_path) -> Path:

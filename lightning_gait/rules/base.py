@@ -483,10 +483,13 @@ class LocalLearningRule(pl.LightningModule):
         pending, self._pending = self._pending, None
         parts = [] if pending is None else [pending.values]
         if label_bounds is not None:
-            parts.append(label_bounds.to(parts[0].dtype) if parts else label_bounds)
+            parts.append(label_bounds)
         if not parts:
             return
-        values = (torch.cat(parts) if len(parts) > 1 else parts[0]).tolist()
+        # one transfer in a dtype that holds weight sums, the loss and int64 labels exactly
+        # enough (float64; float32 where the device has no float64)
+        common = torch.float32 if parts[0].device.type == "mps" else torch.float64
+        values = torch.cat([part.to(common) for part in parts]).tolist()
         if pending is not None:
             count = pending.values.numel() - 1
             if not all(math.isfinite(v) for v in values[:count]):

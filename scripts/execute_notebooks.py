@@ -15,7 +15,8 @@ from pathlib import Path
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 #: the environment variables through which the tests set the notebooks' parameters
 PARAMETERS = ("LIGHTNING_GAIT_RESULTS", "LIGHTNING_GAIT_DATA_DIR", "LIGHTNING_GAIT_RUN", "LIGHTNING_GAIT_QUICK",
-              "LIGHTNING_GAIT_VERIFY_CHECKSUMS")
+              "LIGHTNING_GAIT_VERIFY_CHECKSUMS", "LIGHTNING_GAIT_HEADLINE_RESULTS", "LIGHTNING_GAIT_HEADLINE_EPOCH",
+              "LIGHTNING_GAIT_CONV_EPOCH")
 
 
 def execute(path: Path, kernel_name: str = "python3", timeout: int = 600):

@@ -25,6 +25,7 @@ def _settings(name):
     ("gait_norm", dict(rule="GAITProp", square_output=True, ortho_weight=100.0, target_mode="absolute")),
     ("gait_norm_diff32", dict(rule="GAITProp", square_output=True, ortho_weight=100.0, target_mode="difference")),
     ("gait_norm_ortho1000", dict(rule="GAITProp", square_output=True, ortho_weight=1000.0, target_mode="absolute")),
+    ("gait_norm_ortho10", dict(rule="GAITProp", square_output=True, ortho_weight=10.0, target_mode="absolute")),
     ("fa_lr1e-4", dict(rule="FeedbackAlignment", lr=1e-4)),
 ])
 def test_runs_are_what_their_names_say(name, expected):

@@ -3,8 +3,10 @@
 Reads, at one epoch ``N`` (the same for every run):
 
 * the CNN's runs from ``results/headline/`` (written by ``experiments.headline run`` and
-  ``sync``): BP (``conv_bp32``) and GAIT-N (``conv_gait_norm_diff32``, difference form), both
-  float32, lr 1e-4, the same seed;
+  ``sync``): BP (``conv_bp32_lr1e-3``) and GAIT-N (``conv_gait_norm_diff32_lr1e-3``, difference
+  form, penalty 100 as ``conf/conv/gait_norm.yaml``), both float32, lr 1e-3, the same seed
+  (``--bp`` and ``--gait`` name other runs, e.g. the lr 1e-4 pair ``conv_bp32`` and
+  ``conv_gait_norm_diff32``);
 * the MLP's runs of Fig. 2A from ``results/epochs20/training/`` (``experiments.training``,
   float64, seed 0, evaluated every half epoch): BP (``bp.csv``) and GAIT-N (``gait_norm.csv``).
 
@@ -14,7 +16,7 @@ BP, and the GAIT-N-to-BP gap of each network. ``--write`` also writes
 four runs; the CNN GAIT-N's per-layer ``1 - r``, r its correlation with backprop, computed in
 float64) into the results folder::
 
-    python -m experiments.headline run conv_bp32 conv_gait_norm_diff32 --seeds 0 --epochs 10
+    python -m experiments.headline run conv_bp32_lr1e-3 conv_gait_norm_diff32_lr1e-3 --seeds 0 --epochs 10
     python -m experiments.headline sync
     python -m experiments.conv_comparison --epoch 10 --write
 """
@@ -30,6 +32,8 @@ from typing import Dict, List, Optional, Sequence
 from .headline import RESULTS_DIR, RUNS, read_epochs, run_id
 
 MLP_DIR = Path("results/epochs20/training")
+#: the CNN's runs compared (names in ``experiments.headline.RUNS``)
+CONV_BP, CONV_GAIT = "conv_bp32_lr1e-3", "conv_gait_norm_diff32_lr1e-3"
 
 
 def mlp_accuracy(path: Path) -> Dict[int, float]:
@@ -52,7 +56,7 @@ def _at(curve: Dict[int, float], epoch: int, what: str) -> float:
 
 
 def compare(epoch: int, *, results: Path = RESULTS_DIR, mlp: Path = MLP_DIR, seed: int = 0,
-            conv_bp: str = "conv_bp32", conv_gait: str = "conv_gait_norm_diff32") -> List[Dict[str, object]]:
+            conv_bp: str = CONV_BP, conv_gait: str = CONV_GAIT) -> List[Dict[str, object]]:
     """Rows ``(quantity, epoch, value_pp, source)``: the four test accuracies at ``epoch`` (%),
     then the CNN GAIT-N's margin over the MLP's BP and the two GAIT-N-to-BP gaps
     (percentage points; a gap is BP minus GAIT-N). Raises ``LookupError`` naming the run that
@@ -92,7 +96,7 @@ def format_rows(rows: Sequence[Dict[str, object]]) -> str:
 
 
 def plot(epoch: int, path: Path, *, results: Path = RESULTS_DIR, mlp: Path = MLP_DIR, seed: int = 0,
-         conv_bp: str = "conv_bp32", conv_gait: str = "conv_gait_norm_diff32") -> Path:
+         conv_bp: str = CONV_BP, conv_gait: str = CONV_GAIT) -> Path:
     """Left: test accuracy of the four runs, epochs 1..``epoch``. Right: ``1 - r`` per layer of
     the CNN's GAIT-N run at each epoch's end (log axis; one colour per layer)."""
     import matplotlib
@@ -127,7 +131,7 @@ def plot(epoch: int, path: Path, *, results: Path = RESULTS_DIR, mlp: Path = MLP
     ax_corr.legend(fontsize=7, ncol=2)
     for a in (ax_acc, ax_corr):
         a.grid(alpha=0.3)
-    fig.suptitle(f"CIFAR-10: invertible CNN (float32, lr 1e-4, seed {seed}) against the paper's MLP", fontsize=10)
+    fig.suptitle(f"CIFAR-10: the invertible CNN (seed {seed}) against the paper's MLP", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -148,13 +152,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.conv_comparison", description=__doc__.split("\n")[0])
     parser.add_argument("--epoch", type=int, default=10, help="compare every run at this epoch (default 10)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bp", default=CONV_BP, choices=[n for n in RUNS if n.startswith("conv_")],
+                        help=f"the CNN's BP run (default {CONV_BP})")
+    parser.add_argument("--gait", default=CONV_GAIT, choices=[n for n in RUNS if n.startswith("conv_")],
+                        help=f"the CNN's GAIT-N run (default {CONV_GAIT})")
     parser.add_argument("--results", default=str(RESULTS_DIR), help="the CNN runs' synced CSVs")
     parser.add_argument("--mlp", default=str(MLP_DIR), help="the MLP's experiments.training CSVs")
     parser.add_argument("--write", action="store_true", help="write conv_epoch{N}.csv and .png into --results")
     args = parser.parse_args(argv)
     results, mlp = Path(args.results), Path(args.mlp)
     try:
-        rows = compare(args.epoch, results=results, mlp=mlp, seed=args.seed)
+        rows = compare(args.epoch, results=results, mlp=mlp, seed=args.seed, conv_bp=args.bp, conv_gait=args.gait)
     except LookupError as err:
         print(f"cannot compare at epoch {args.epoch}: {err}", file=sys.stderr)
         return 1
@@ -165,7 +173,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.write:
         print("wrote", write_rows(rows, results / f"conv_epoch{args.epoch}.csv"))
         print("wrote", plot(args.epoch, results / f"conv_epoch{args.epoch}.png", results=results, mlp=mlp,
-                            seed=args.seed))
+                            seed=args.seed, conv_bp=args.bp, conv_gait=args.gait))
     return 0
 
 

@@ -79,6 +79,11 @@ RUNS: Dict[str, tuple] = {
     "conv_gait_norm_diff32": ("conv/gait_norm", ["--model.init_args.target_mode", "difference",
                                                  "--trainer.precision", "32-true"],
                               "GAIT-N on the invertible CNN, difference form, float32 (lr 1e-4)"),
+    "conv_bp32_lr1e-3": ("conv/bp", ["--trainer.precision", "32-true", "--model.init_args.lr", "1e-3"],
+                         "BP on the invertible CNN, float32, lr 1e-3"),
+    "conv_gait_norm_diff32_lr1e-3": ("conv/gait_norm", ["--model.init_args.target_mode", "difference",
+                                                        "--trainer.precision", "32-true", "--model.init_args.lr", "1e-3"],
+                                     "GAIT-N on the invertible CNN, difference form, float32, lr 1e-3"),
 }
 
 #: the configs whose rule is backprop (their correlation with backprop is 1 by definition)

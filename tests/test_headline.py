@@ -27,6 +27,9 @@ def _settings(name):
     ("gait_norm_ortho1000", dict(rule="GAITProp", square_output=True, ortho_weight=1000.0, target_mode="absolute")),
     ("gait_norm_ortho10", dict(rule="GAITProp", square_output=True, ortho_weight=10.0, target_mode="absolute")),
     ("fa_lr1e-4", dict(rule="FeedbackAlignment", lr=1e-4)),
+    ("conv_gait_norm_diff32_lr1e-3", dict(rule="GAITProp", square_output=True, ortho_weight=100.0,
+                                          target_mode="difference", lr=1e-3)),
+    ("conv_bp32_lr1e-3", dict(rule="Backprop", square_output=True, ortho_weight=0.0, lr=1e-3)),
 ])
 def test_runs_are_what_their_names_say(name, expected):
     rule, net = _settings(name)
@@ -134,7 +137,7 @@ def test_conv_comparison_reads_both_formats_at_one_epoch(tmp_path, capsys):
     results, mlp = tmp_path / "results", tmp_path / "mlp"
     results.mkdir()
     mlp.mkdir()
-    for name, accs in (("conv_bp32_s0", [0.33, 0.41, 0.47]), ("conv_gait_norm_diff32_s0", [0.31, 0.38, 0.44])):
+    for name, accs in (("conv_bp32_lr1e-3_s0", [0.33, 0.41, 0.47]), ("conv_gait_norm_diff32_lr1e-3_s0", [0.31, 0.38, 0.44])):
         _write_metrics(results / f"{name}.csv", [
             row for k, acc in enumerate(accs)
             for row in ({"step": 10 * k + 5, "bp_corr/layer_1": 0.99 - k / 100, "bp_corr/layer_2": 0.999},
@@ -155,4 +158,4 @@ def test_conv_comparison_reads_both_formats_at_one_epoch(tmp_path, capsys):
 
     capsys.readouterr()
     assert conv_comparison.main(["--epoch", "4", "--results", str(results), "--mlp", str(mlp)]) == 1
-    assert "conv_bp32_s0.csv has no test accuracy at epoch 4 (it has 3 epochs)" in capsys.readouterr().err
+    assert "conv_bp32_lr1e-3_s0.csv has no test accuracy at epoch 4 (it has 3 epochs)" in capsys.readouterr().err

@@ -34,6 +34,8 @@ from .headline import RESULTS_DIR, RUNS, read_epochs, run_id
 MLP_DIR = Path("results/epochs20/training")
 #: the CNN's runs compared (names in ``experiments.headline.RUNS``)
 CONV_BP, CONV_GAIT = "conv_bp32_lr1e-3", "conv_gait_norm_diff32_lr1e-3"
+#: BP on the CNN with GAIT-N's orthogonality penalty (compared when its CSV exists)
+CONV_MATCHED = "conv_bp32_ortho100_lr1e-3"
 
 
 def mlp_accuracy(path: Path) -> Dict[int, float]:
@@ -56,11 +58,13 @@ def _at(curve: Dict[int, float], epoch: int, what: str) -> float:
 
 
 def compare(epoch: int, *, results: Path = RESULTS_DIR, mlp: Path = MLP_DIR, seed: int = 0,
-            conv_bp: str = CONV_BP, conv_gait: str = CONV_GAIT) -> List[Dict[str, object]]:
-    """Rows ``(quantity, epoch, value_pp, source)``: the four test accuracies at ``epoch`` (%),
-    then the CNN GAIT-N's margin over the MLP's BP and the two GAIT-N-to-BP gaps
-    (percentage points; a gap is BP minus GAIT-N). Raises ``LookupError`` naming the run that
-    has not reached ``epoch``."""
+            conv_bp: str = CONV_BP, conv_gait: str = CONV_GAIT,
+            conv_matched: Optional[str] = CONV_MATCHED) -> List[Dict[str, object]]:
+    """Rows ``(quantity, epoch, value_pp, source)``: the test accuracies at ``epoch`` (%),
+    then the CNN GAIT-N's margin over the MLP's BP and the GAIT-N-to-BP gaps (percentage
+    points; a gap is BP minus GAIT-N). The CNN's matched baseline ``conv_matched`` (BP with
+    GAIT-N's penalty) is included when its CSV exists. Raises ``LookupError`` naming a run
+    that has not reached ``epoch``."""
     sources = {
         "cnn_bp": results / f"{run_id(conv_bp, seed)}.csv",
         "cnn_gait_n": results / f"{run_id(conv_gait, seed)}.csv",
@@ -70,21 +74,27 @@ def compare(epoch: int, *, results: Path = RESULTS_DIR, mlp: Path = MLP_DIR, see
     for key, path in sources.items():
         if not path.is_file():
             raise LookupError(f"{key}: {path} does not exist")
+    cnn = ["cnn_bp", "cnn_gait_n"]
+    if conv_matched is not None and (results / f"{run_id(conv_matched, seed)}.csv").is_file():
+        sources["cnn_bp_matched"] = results / f"{run_id(conv_matched, seed)}.csv"
+        cnn.append("cnn_bp_matched")
     acc = {
         key: 100 * _at({e["epoch"]: e["test_acc"] for e in read_epochs(sources[key])}, epoch, str(sources[key]))
-        for key in ("cnn_bp", "cnn_gait_n")
+        for key in cnn
     }
     acc.update({key: 100 * _at(mlp_accuracy(sources[key]), epoch, str(sources[key]))
                 for key in ("mlp_bp", "mlp_gait_n")})
     rows: List[Dict[str, object]] = [
         {"quantity": f"{key}_test_acc", "epoch": epoch, "value_pp": acc[key], "source": str(sources[key])}
-        for key in ("cnn_bp", "cnn_gait_n", "mlp_bp", "mlp_gait_n")
+        for key in (*cnn, "mlp_bp", "mlp_gait_n")
     ]
     derived = {
         "cnn_gait_n_minus_mlp_bp": acc["cnn_gait_n"] - acc["mlp_bp"],
         "cnn_gap_bp_minus_gait_n": acc["cnn_bp"] - acc["cnn_gait_n"],
         "mlp_gap_bp_minus_gait_n": acc["mlp_bp"] - acc["mlp_gait_n"],
     }
+    if "cnn_bp_matched" in acc:
+        derived["cnn_gap_matched_bp_minus_gait_n"] = acc["cnn_bp_matched"] - acc["cnn_gait_n"]
     rows += [{"quantity": key, "epoch": epoch, "value_pp": value, "source": "derived"}
              for key, value in derived.items()]
     return rows
@@ -96,9 +106,9 @@ def format_rows(rows: Sequence[Dict[str, object]]) -> str:
 
 
 def plot(epoch: int, path: Path, *, results: Path = RESULTS_DIR, mlp: Path = MLP_DIR, seed: int = 0,
-         conv_bp: str = CONV_BP, conv_gait: str = CONV_GAIT) -> Path:
-    """Left: test accuracy of the four runs, epochs 1..``epoch``. Right: ``1 - r`` per layer of
-    the CNN's GAIT-N run at each epoch's end (log axis; one colour per layer)."""
+         conv_bp: str = CONV_BP, conv_gait: str = CONV_GAIT, conv_matched: Optional[str] = CONV_MATCHED) -> Path:
+    """Left: test accuracy of the runs of :func:`compare`, epochs 1..``epoch``. Right: ``1 - r``
+    per layer of the CNN's GAIT-N run at each epoch's end (log axis; one colour per layer)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -106,8 +116,11 @@ def plot(epoch: int, path: Path, *, results: Path = RESULTS_DIR, mlp: Path = MLP
 
     fig, (ax_acc, ax_corr) = plt.subplots(1, 2, figsize=(12, 4.4))
     cnn = {name: [e for e in read_epochs(results / f"{run_id(name, seed)}.csv") if e["epoch"] <= epoch]
-           for name in (conv_bp, conv_gait)}
-    for name, colour in ((conv_bp, "tab:blue"), (conv_gait, "tab:red")):
+           for name in (conv_bp, conv_gait, conv_matched)
+           if name is not None and (results / f"{run_id(name, seed)}.csv").is_file()}
+    for name, colour in ((conv_bp, "tab:blue"), (conv_gait, "tab:red"), (conv_matched, "tab:purple")):
+        if name not in cnn:
+            continue
         ax_acc.plot([e["epoch"] for e in cnn[name]], [100 * e["test_acc"] for e in cnn[name]], "-o", ms=3,
                     color=colour, label=f"CNN: {RUNS[name][2]}")
     for file, label, colour in (("bp.csv", "MLP: BP, float64 (results/epochs20)", "tab:blue"),

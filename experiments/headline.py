@@ -21,7 +21,9 @@ Runs (``RUNS``):
 * ``fa``, ``fa_lr1e-4``: feedback alignment at the config's and a larger learning rate,
   with the diagnostics (correlation with backprop, condition numbers) along the way;
 * ``conv_bp``, ``conv_bp32``, ``conv_gait_norm``, ``conv_gait_norm_diff32``: the invertible CNN
-  (``conf/conv/``), against the MLP's curves.
+  (``conf/conv/``, lr 1e-4), and at lr 1e-3 ``conv_bp32_lr1e-3``, ``conv_gait_norm_diff32_lr1e-3``
+  and ``conv_bp32_ortho100_lr1e-3`` (BP with GAIT-N's penalty: the CNN's matched baseline);
+  :mod:`experiments.conv_comparison` sets them against the MLP.
 
 A run lives in ``OUTPUTS/{name}_s{seed}/``; each start of it (the first and every resume)
 logs to a segment ``part{k}/`` of its own (``metrics.csv`` and ``checkpoints/``), and a
@@ -81,6 +83,9 @@ RUNS: Dict[str, tuple] = {
                               "GAIT-N on the invertible CNN, difference form, float32 (lr 1e-4)"),
     "conv_bp32_lr1e-3": ("conv/bp", ["--trainer.precision", "32-true", "--model.init_args.lr", "1e-3"],
                          "BP on the invertible CNN, float32, lr 1e-3"),
+    "conv_bp32_ortho100_lr1e-3": ("conv/bp", ["--trainer.precision", "32-true", "--model.init_args.lr", "1e-3",
+                                              "--model.init_args.ortho_weight", "100"],
+                                  "BP on the invertible CNN with GAIT-N's penalty 100, float32, lr 1e-3"),
     "conv_gait_norm_diff32_lr1e-3": ("conv/gait_norm", ["--model.init_args.target_mode", "difference",
                                                         "--trainer.precision", "32-true", "--model.init_args.lr", "1e-3"],
                                      "GAIT-N on the invertible CNN, difference form, float32, lr 1e-3"),

@@ -30,6 +30,7 @@ def _settings(name):
     ("conv_gait_norm_diff32_lr1e-3", dict(rule="GAITProp", square_output=True, ortho_weight=100.0,
                                           target_mode="difference", lr=1e-3)),
     ("conv_bp32_lr1e-3", dict(rule="Backprop", square_output=True, ortho_weight=0.0, lr=1e-3)),
+    ("conv_bp32_ortho100_lr1e-3", dict(rule="Backprop", square_output=True, ortho_weight=100.0, lr=1e-3)),
 ])
 def test_runs_are_what_their_names_say(name, expected):
     rule, net = _settings(name)
@@ -146,14 +147,20 @@ def test_conv_comparison_reads_both_formats_at_one_epoch(tmp_path, capsys):
     _write_mlp(mlp / "bp.csv", [0.29, 0.32, 0.33, 0.34, 0.355, 0.36])  # epochs 0.5 .. 3
     _write_mlp(mlp / "gait_norm.csv", [0.27, 0.30, 0.31, 0.32, 0.33, 0.335])
     rows = {r["quantity"]: r["value_pp"] for r in conv_comparison.compare(3, results=results, mlp=mlp)}
+    assert "cnn_bp_matched_test_acc" not in rows  # no such run in the folder
     assert rows["cnn_gait_n_test_acc"] == pytest.approx(44.0) and rows["mlp_bp_test_acc"] == pytest.approx(36.0)
     assert rows["cnn_gait_n_minus_mlp_bp"] == pytest.approx(8.0)
     assert rows["cnn_gap_bp_minus_gait_n"] == pytest.approx(3.0)
     assert rows["mlp_gap_bp_minus_gait_n"] == pytest.approx(2.5)
 
+    _write_metrics(results / "conv_bp32_ortho100_lr1e-3_s0.csv", [
+        {"step": 10 * k + 9, "epoch": k, "val/acc": acc} for k, acc in enumerate([0.30, 0.37, 0.435])])
+    rows = {r["quantity"]: r["value_pp"] for r in conv_comparison.compare(3, results=results, mlp=mlp)}
+    assert rows["cnn_gap_matched_bp_minus_gait_n"] == pytest.approx(-0.5)
+
     assert conv_comparison.main(["--epoch", "3", "--results", str(results), "--mlp", str(mlp), "--write"]) == 0
     with open(results / "conv_epoch3.csv", newline="") as f:
-        assert len(list(csv.DictReader(f))) == 7
+        assert len(list(csv.DictReader(f))) == 9
     assert (results / "conv_epoch3.png").stat().st_size > 0
 
     capsys.readouterr()

@@ -14,7 +14,8 @@ Runs (``RUNS``):
   units, orthogonality penalty 100);
 * ``gait_norm``: GAIT-N, the paper's form, float64;
 * ``gait_norm_diff64`` / ``gait_norm_diff32``: GAIT-N in the difference form, float64 / float32;
-* ``gait_norm_ortho1000``, ``gait_norm_ortho10``: GAIT-N with orthogonality weight 1000 / 10;
+* ``gait_norm_ortho1000``, ``gait_norm_ortho10``: GAIT-N with orthogonality weight 1000 / 10,
+  and ``bp_matched_ortho10``: the matched baseline with weight 10;
 * ``bp_square``: backprop with the square output but no penalty (between ``bp`` and
   ``bp_matched``: which of the two differences costs backprop accuracy);
 * ``bp_smooth``, ``gait_smooth_norm``: BP-S and GAIT-SN (no leaky-ReLU kink);
@@ -69,6 +70,9 @@ RUNS: Dict[str, tuple] = {
                             "GAIT-N, paper form, penalty 1000"),
     "gait_norm_ortho10": ("gait_norm", ["--model.init_args.ortho_weight", "10"],
                           "GAIT-N, paper form, penalty 10"),
+    "bp_matched_ortho10": ("bp", ["--model.init_args.net.init_args.square_output", "true",
+                                  "--model.init_args.ortho_weight", "10"],
+                           "BP on GAIT-N's network with penalty 10"),
     "bp_square": ("bp", ["--model.init_args.net.init_args.square_output", "true"],
                   "BP, square output, no penalty"),
     "bp_smooth": ("bp_smooth", [], "BP-S (SL-ReLU)"),

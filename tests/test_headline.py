@@ -22,6 +22,7 @@ def _settings(name):
     ("bp", dict(rule="Backprop", square_output=False, ortho_weight=0.0)),
     ("bp_square", dict(rule="Backprop", square_output=True, ortho_weight=0.0)),
     ("bp_matched", dict(rule="Backprop", square_output=True, ortho_weight=100.0)),
+    ("bp_matched_ortho10", dict(rule="Backprop", square_output=True, ortho_weight=10.0)),
     ("gait_norm", dict(rule="GAITProp", square_output=True, ortho_weight=100.0, target_mode="absolute")),
     ("gait_norm_diff32", dict(rule="GAITProp", square_output=True, ortho_weight=100.0, target_mode="difference")),
     ("gait_norm_ortho1000", dict(rule="GAITProp", square_output=True, ortho_weight=1000.0, target_mode="absolute")),

@@ -34,7 +34,7 @@ from .headline import RESULTS_DIR, RUNS, read_epochs, run_id
 MLP_DIR = Path("results/epochs20/training")
 #: the CNN's runs compared (names in ``experiments.headline.RUNS``)
 CONV_BP, CONV_GAIT = "conv_bp32_lr1e-3", "conv_gait_norm_diff32_lr1e-3"
-#: BP on the CNN with GAIT-N's orthogonality penalty (compared when its CSV exists)
+#: BP on the CNN with GAIT-N's orthogonality penalty (compared once it has reached the epoch)
 CONV_MATCHED = "conv_bp32_ortho100_lr1e-3"
 
 
@@ -63,8 +63,8 @@ def compare(epoch: int, *, results: Path = RESULTS_DIR, mlp: Path = MLP_DIR, see
     """Rows ``(quantity, epoch, value_pp, source)``: the test accuracies at ``epoch`` (%),
     then the CNN GAIT-N's margin over the MLP's BP and the GAIT-N-to-BP gaps (percentage
     points; a gap is BP minus GAIT-N). The CNN's matched baseline ``conv_matched`` (BP with
-    GAIT-N's penalty) is included when its CSV exists. Raises ``LookupError`` naming a run
-    that has not reached ``epoch``."""
+    GAIT-N's penalty) is included when its CSV has reached ``epoch``. Raises ``LookupError``
+    naming one of the other runs that has not reached ``epoch``."""
     sources = {
         "cnn_bp": results / f"{run_id(conv_bp, seed)}.csv",
         "cnn_gait_n": results / f"{run_id(conv_gait, seed)}.csv",
@@ -75,8 +75,10 @@ def compare(epoch: int, *, results: Path = RESULTS_DIR, mlp: Path = MLP_DIR, see
         if not path.is_file():
             raise LookupError(f"{key}: {path} does not exist")
     cnn = ["cnn_bp", "cnn_gait_n"]
-    if conv_matched is not None and (results / f"{run_id(conv_matched, seed)}.csv").is_file():
-        sources["cnn_bp_matched"] = results / f"{run_id(conv_matched, seed)}.csv"
+    matched_path = None if conv_matched is None else results / f"{run_id(conv_matched, seed)}.csv"
+    if matched_path is not None and matched_path.is_file() and any(
+            e["epoch"] == epoch for e in read_epochs(matched_path)):
+        sources["cnn_bp_matched"] = matched_path
         cnn.append("cnn_bp_matched")
     acc = {
         key: 100 * _at({e["epoch"]: e["test_acc"] for e in read_epochs(sources[key])}, epoch, str(sources[key]))

@@ -158,6 +158,13 @@ def test_conv_comparison_reads_both_formats_at_one_epoch(tmp_path, capsys):
         {"step": 10 * k + 9, "epoch": k, "val/acc": acc} for k, acc in enumerate([0.30, 0.37, 0.435])])
     rows = {r["quantity"]: r["value_pp"] for r in conv_comparison.compare(3, results=results, mlp=mlp)}
     assert rows["cnn_gap_matched_bp_minus_gait_n"] == pytest.approx(-0.5)
+    rows = {r["quantity"]: r["value_pp"] for r in conv_comparison.compare(2, results=results, mlp=mlp)}
+    assert rows["cnn_gap_matched_bp_minus_gait_n"] == pytest.approx(-1.0)
+    _write_metrics(results / "conv_bp32_ortho100_lr1e-3_s0.csv", [{"step": 9, "epoch": 0, "val/acc": 0.30}])
+    rows = {r["quantity"]: r["value_pp"] for r in conv_comparison.compare(3, results=results, mlp=mlp)}
+    assert "cnn_bp_matched_test_acc" not in rows  # a matched run short of the epoch is left out
+    _write_metrics(results / "conv_bp32_ortho100_lr1e-3_s0.csv", [
+        {"step": 10 * k + 9, "epoch": k, "val/acc": acc} for k, acc in enumerate([0.30, 0.37, 0.435])])
 
     assert conv_comparison.main(["--epoch", "3", "--results", str(results), "--mlp", str(mlp), "--write"]) == 0
     with open(results / "conv_epoch3.csv", newline="") as f:

@@ -110,7 +110,8 @@ def format_rows(rows: Sequence[Dict[str, object]]) -> str:
 def plot(epoch: int, path: Path, *, results: Path = RESULTS_DIR, mlp: Path = MLP_DIR, seed: int = 0,
          conv_bp: str = CONV_BP, conv_gait: str = CONV_GAIT, conv_matched: Optional[str] = CONV_MATCHED) -> Path:
     """Left: test accuracy of the runs of :func:`compare`, epochs 1..``epoch``. Right: ``1 - r``
-    per layer of the CNN's GAIT-N run at each epoch's end (log axis; one colour per layer)."""
+    per layer of the CNN's GAIT-N run at each epoch's end (log axis; one colour per layer;
+    the output layer, whose update is backprop's by construction, left out)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -131,9 +132,12 @@ def plot(epoch: int, path: Path, *, results: Path = RESULTS_DIR, mlp: Path = MLP
         ax_acc.plot(*zip(*[(e, 100 * a) for e, a in curve]), "--", color=colour, label=label)
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("test accuracy (%)")
+    low = min(min(line.get_ydata()) for line in ax_acc.get_lines())
+    ax_acc.set_ylim(bottom=low - 12)  # room for the legend below the curves
     ax_acc.legend(fontsize=7, loc="lower right")
+    # the output layer is left out: its update is backprop's by construction (r = 1)
     layers = sorted({k for e in cnn[conv_gait] for k in e if k.startswith("bp_corr/layer_")},
-                    key=lambda k: int(k.rsplit("_", 1)[1]))
+                    key=lambda k: int(k.rsplit("_", 1)[1]))[:-1]
     palette = plt.get_cmap("viridis")
     for i, key in enumerate(layers):
         points = [(e["epoch"], max(1.0 - e[key], 1e-12)) for e in cnn[conv_gait] if key in e]
@@ -142,7 +146,7 @@ def plot(epoch: int, path: Path, *, results: Path = RESULTS_DIR, mlp: Path = MLP
                          label=key.replace("bp_corr/", "").replace("_", " "))
     ax_corr.set_yscale("log")
     ax_corr.set_xlabel("epoch")
-    ax_corr.set_ylabel("1 - correlation with backprop\n(CNN GAIT-N; computed in float64)")
+    ax_corr.set_ylabel("1 - correlation with backprop (float64)\nCNN GAIT-N, output layer left out")
     ax_corr.legend(fontsize=7, ncol=2)
     for a in (ax_acc, ax_corr):
         a.grid(alpha=0.3)

@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from .headline import RESULTS_DIR, RUNS, read_epochs, run_id
+from .headline import RESULTS_DIR, RUNS, read_epochs, run_id, write_summary
 
 MLP_DIR = Path("results/epochs20/training")
 #: the CNN's runs compared (names in ``experiments.headline.RUNS``)
@@ -158,15 +158,6 @@ def plot(epoch: int, path: Path, *, results: Path = RESULTS_DIR, mlp: Path = MLP
     return path
 
 
-def write_rows(rows: Sequence[Dict[str, object]], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.conv_comparison", description=__doc__.split("\n")[0])
     parser.add_argument("--epoch", type=int, default=10, help="compare every run at this epoch (default 10)")
@@ -190,7 +181,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("a test accuracy is NaN", file=sys.stderr)
         return 1
     if args.write:
-        print("wrote", write_rows(rows, results / f"conv_epoch{args.epoch}.csv"))
+        print("wrote", write_summary(rows, results / f"conv_epoch{args.epoch}.csv"))
         print("wrote", plot(args.epoch, results / f"conv_epoch{args.epoch}.png", results=results, mlp=mlp,
                             seed=args.seed, conv_bp=args.bp, conv_gait=args.gait))
     return 0

@@ -281,7 +281,7 @@ def aggregate(rows: Sequence[Dict[str, object]], baseline: str = "bp") -> List[D
 
 
 def write_summary(rows: Sequence[Dict[str, object]], path: Path) -> Path:
-    """Write the rows of :func:`aggregate` to the CSV ``path``."""
+    """Write ``rows`` (dicts with the same keys: :func:`aggregate`'s, the CNN comparison's) to the CSV ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

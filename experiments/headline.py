@@ -24,6 +24,8 @@ Runs (``RUNS``):
 * ``conv_bp``, ``conv_bp32``, ``conv_gait_norm``, ``conv_gait_norm_diff32``: the invertible CNN
   (``conf/conv/``, lr 1e-4), and at lr 1e-3 ``conv_bp32_lr1e-3``, ``conv_gait_norm_diff32_lr1e-3``
   and ``conv_bp32_ortho100_lr1e-3`` (BP with GAIT-N's penalty: the CNN's matched baseline);
+  ``conv_gait_norm_diff32_ortho10_lr1e-3`` and ``conv_gait_norm_diff32_ortho1_lr1e-3``: the
+  CNN's GAIT-N with orthogonality weight 10 / 1;
   :mod:`experiments.conv_comparison` sets them against the MLP.
 
 A run lives in ``OUTPUTS/{name}_s{seed}/``; each start of it (the first and every resume)
@@ -93,6 +95,14 @@ RUNS: Dict[str, tuple] = {
     "conv_gait_norm_diff32_lr1e-3": ("conv/gait_norm", ["--model.init_args.target_mode", "difference",
                                                         "--trainer.precision", "32-true", "--model.init_args.lr", "1e-3"],
                                      "GAIT-N on the invertible CNN, difference form, float32, lr 1e-3"),
+    "conv_gait_norm_diff32_ortho10_lr1e-3": ("conv/gait_norm", ["--model.init_args.target_mode", "difference",
+                                                                "--trainer.precision", "32-true", "--model.init_args.lr", "1e-3",
+                                                                "--model.init_args.ortho_weight", "10"],
+                                             "GAIT-N on the invertible CNN, difference form, float32, lr 1e-3, penalty 10"),
+    "conv_gait_norm_diff32_ortho1_lr1e-3": ("conv/gait_norm", ["--model.init_args.target_mode", "difference",
+                                                               "--trainer.precision", "32-true", "--model.init_args.lr", "1e-3",
+                                                               "--model.init_args.ortho_weight", "1"],
+                                            "GAIT-N on the invertible CNN, difference form, float32, lr 1e-3, penalty 1"),
 }
 
 #: the configs whose rule is backprop (their correlation with backprop is 1 by definition)

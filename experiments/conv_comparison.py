@@ -6,15 +6,17 @@ Reads, at one epoch ``N`` (the same for every run):
   ``sync``): BP (``conv_bp32_lr1e-3``) and GAIT-N (``conv_gait_norm_diff32_lr1e-3``, difference
   form, penalty 100 as ``conf/conv/gait_norm.yaml``), both float32, lr 1e-3, the same seed
   (``--bp`` and ``--gait`` name other runs, e.g. the lr 1e-4 pair ``conv_bp32`` and
-  ``conv_gait_norm_diff32``);
+  ``conv_gait_norm_diff32``); where they have reached the epoch, also BP with GAIT-N's
+  penalty (``conv_bp32_ortho100_lr1e-3``) and the GAIT-N runs with other penalty weights
+  (``CONV_GAIT_PENALTIES``);
 * the MLP's runs of Fig. 2A from ``results/epochs20/training/`` (``experiments.training``,
   float64, seed 0, evaluated every half epoch): BP (``bp.csv``) and GAIT-N (``gait_norm.csv``).
 
 and reports each one's test accuracy at epoch ``N``, the CNN GAIT-N's margin over the MLP's
 BP, and the GAIT-N-to-BP gap of each network. ``--write`` also writes
-``conv_epoch{N}.csv`` (one row per quantity) and ``conv_epoch{N}.png`` (test accuracy of the
-four runs; the CNN GAIT-N's per-layer ``1 - r``, r its correlation with backprop, computed in
-float64) into the results folder::
+``conv_epoch{N}.csv`` (one row per quantity) and ``conv_epoch{N}.png`` (test accuracy of
+every run; the CNN GAIT-N's per-layer ``1 - r``, r its correlation with backprop, computed in
+float64; the least aligned layer's ``1 - r`` at each penalty weight) into the results folder::
 
     python -m experiments.headline run conv_bp32_lr1e-3 conv_gait_norm_diff32_lr1e-3 --seeds 0 --epochs 10
     python -m experiments.headline sync
@@ -36,6 +38,13 @@ MLP_DIR = Path("results/epochs20/training")
 CONV_BP, CONV_GAIT = "conv_bp32_lr1e-3", "conv_gait_norm_diff32_lr1e-3"
 #: BP on the CNN with GAIT-N's orthogonality penalty (compared once it has reached the epoch)
 CONV_MATCHED = "conv_bp32_ortho100_lr1e-3"
+#: the CNN's GAIT-N runs that differ only in the orthogonality penalty's weight (run -> weight);
+#: those other than the compared GAIT-N run are reported once they have reached the epoch
+CONV_GAIT_PENALTIES: Dict[str, float] = {
+    "conv_gait_norm_diff32_lr1e-3": 100.0,
+    "conv_gait_norm_diff32_ortho10_lr1e-3": 10.0,
+    "conv_gait_norm_diff32_ortho1_lr1e-3": 1.0,
+}
 
 
 def mlp_accuracy(path: Path) -> Dict[int, float]:
@@ -57,14 +66,27 @@ def _at(curve: Dict[int, float], epoch: int, what: str) -> float:
     return curve[epoch]
 
 
+def _reached(path: Path, epoch: int) -> bool:
+    return path.is_file() and any(e["epoch"] == epoch for e in read_epochs(path))
+
+
+def penalty_key(weight: float) -> str:
+    """The quantity prefix of a GAIT-N run with orthogonality weight ``weight``."""
+    return f"cnn_gait_n_ortho{weight:g}"
+
+
 def compare(epoch: int, *, results: Path = RESULTS_DIR, mlp: Path = MLP_DIR, seed: int = 0,
             conv_bp: str = CONV_BP, conv_gait: str = CONV_GAIT,
-            conv_matched: Optional[str] = CONV_MATCHED) -> List[Dict[str, object]]:
+            conv_matched: Optional[str] = CONV_MATCHED,
+            penalties: Optional[Dict[str, float]] = None) -> List[Dict[str, object]]:
     """Rows ``(quantity, epoch, value_pp, source)``: the test accuracies at ``epoch`` (%),
     then the CNN GAIT-N's margin over the MLP's BP and the GAIT-N-to-BP gaps (percentage
     points; a gap is BP minus GAIT-N). The CNN's matched baseline ``conv_matched`` (BP with
-    GAIT-N's penalty) is included when its CSV has reached ``epoch``. Raises ``LookupError``
-    naming one of the other runs that has not reached ``epoch``."""
+    GAIT-N's penalty) is included when its CSV has reached ``epoch``, and so is each GAIT-N
+    run of ``penalties`` (run -> orthogonality weight; default :data:`CONV_GAIT_PENALTIES`)
+    other than ``conv_gait``, as ``cnn_gait_n_ortho{weight}_test_acc`` with its margin over
+    the MLP's BP and its gap to the CNN's BP. Raises ``LookupError`` naming one of the
+    other runs that has not reached ``epoch``."""
     sources = {
         "cnn_bp": results / f"{run_id(conv_bp, seed)}.csv",
         "cnn_gait_n": results / f"{run_id(conv_gait, seed)}.csv",
@@ -76,10 +98,16 @@ def compare(epoch: int, *, results: Path = RESULTS_DIR, mlp: Path = MLP_DIR, see
             raise LookupError(f"{key}: {path} does not exist")
     cnn = ["cnn_bp", "cnn_gait_n"]
     matched_path = None if conv_matched is None else results / f"{run_id(conv_matched, seed)}.csv"
-    if matched_path is not None and matched_path.is_file() and any(
-            e["epoch"] == epoch for e in read_epochs(matched_path)):
+    if matched_path is not None and _reached(matched_path, epoch):
         sources["cnn_bp_matched"] = matched_path
         cnn.append("cnn_bp_matched")
+    variants = []
+    for name, weight in (CONV_GAIT_PENALTIES if penalties is None else penalties).items():
+        path = results / f"{run_id(name, seed)}.csv"
+        if name != conv_gait and _reached(path, epoch):
+            sources[penalty_key(weight)] = path
+            cnn.append(penalty_key(weight))
+            variants.append(penalty_key(weight))
     acc = {
         key: 100 * _at({e["epoch"]: e["test_acc"] for e in read_epochs(sources[key])}, epoch, str(sources[key]))
         for key in cnn
@@ -97,6 +125,9 @@ def compare(epoch: int, *, results: Path = RESULTS_DIR, mlp: Path = MLP_DIR, see
     }
     if "cnn_bp_matched" in acc:
         derived["cnn_gap_matched_bp_minus_gait_n"] = acc["cnn_bp_matched"] - acc["cnn_gait_n"]
+    for key in variants:
+        derived[f"{key}_minus_mlp_bp"] = acc[key] - acc["mlp_bp"]
+        derived[f"cnn_gap_bp_minus_{key[len('cnn_'):]}"] = acc["cnn_bp"] - acc[key]
     rows += [{"quantity": key, "epoch": epoch, "value_pp": value, "source": "derived"}
              for key, value in derived.items()]
     return rows
@@ -107,21 +138,35 @@ def format_rows(rows: Sequence[Dict[str, object]]) -> str:
                      for r in rows)
 
 
+def _hidden_layers(epochs: Sequence[Dict[str, float]]) -> List[str]:
+    """The ``bp_corr/layer_k`` keys of a run but the output layer's (r = 1 by construction)."""
+    return sorted({k for e in epochs for k in e if k.startswith("bp_corr/layer_")},
+                  key=lambda k: int(k.rsplit("_", 1)[1]))[:-1]
+
+
 def plot(epoch: int, path: Path, *, results: Path = RESULTS_DIR, mlp: Path = MLP_DIR, seed: int = 0,
-         conv_bp: str = CONV_BP, conv_gait: str = CONV_GAIT, conv_matched: Optional[str] = CONV_MATCHED) -> Path:
-    """Left: test accuracy of the runs of :func:`compare`, epochs 1..``epoch``. Right: ``1 - r``
+         conv_bp: str = CONV_BP, conv_gait: str = CONV_GAIT, conv_matched: Optional[str] = CONV_MATCHED,
+         penalties: Optional[Dict[str, float]] = None) -> Path:
+    """Left: test accuracy of the runs of :func:`compare`, epochs 1..``epoch``. Middle: ``1 - r``
     per layer of the CNN's GAIT-N run at each epoch's end (log axis; one colour per layer;
-    the output layer, whose update is backprop's by construction, left out)."""
+    the output layer, whose update is backprop's by construction, left out). Right: the
+    worst layer's ``1 - r`` of each GAIT-N run of ``penalties`` (the orthogonality weight's
+    effect on the equality with backprop)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_acc, ax_corr) = plt.subplots(1, 2, figsize=(12, 4.4))
+    penalties = CONV_GAIT_PENALTIES if penalties is None else penalties
+    variants = [name for name in penalties if name != conv_gait]
+    fig, (ax_acc, ax_corr, ax_worst) = plt.subplots(1, 3, figsize=(17, 4.6))
     cnn = {name: [e for e in read_epochs(results / f"{run_id(name, seed)}.csv") if e["epoch"] <= epoch]
-           for name in (conv_bp, conv_gait, conv_matched)
+           for name in (conv_bp, conv_gait, conv_matched, *variants)
            if name is not None and (results / f"{run_id(name, seed)}.csv").is_file()}
-    for name, colour in ((conv_bp, "tab:blue"), (conv_gait, "tab:red"), (conv_matched, "tab:purple")):
+    oranges = plt.get_cmap("autumn")
+    styles = [(conv_bp, "tab:blue"), (conv_gait, "tab:red"), (conv_matched, "tab:purple")]
+    styles += [(name, oranges(0.35 + 0.4 * i / max(1, len(variants) - 1))) for i, name in enumerate(variants)]
+    for name, colour in styles:
         if name not in cnn:
             continue
         ax_acc.plot([e["epoch"] for e in cnn[name]], [100 * e["test_acc"] for e in cnn[name]], "-o", ms=3,
@@ -133,11 +178,9 @@ def plot(epoch: int, path: Path, *, results: Path = RESULTS_DIR, mlp: Path = MLP
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("test accuracy (%)")
     low = min(min(line.get_ydata()) for line in ax_acc.get_lines())
-    ax_acc.set_ylim(bottom=low - 12)  # room for the legend below the curves
-    ax_acc.legend(fontsize=7, loc="lower right")
-    # the output layer is left out: its update is backprop's by construction (r = 1)
-    layers = sorted({k for e in cnn[conv_gait] for k in e if k.startswith("bp_corr/layer_")},
-                    key=lambda k: int(k.rsplit("_", 1)[1]))[:-1]
+    ax_acc.set_ylim(bottom=low - 4 * len(ax_acc.get_lines()))  # room for the legend below the curves
+    ax_acc.legend(fontsize=6.5, loc="lower right")
+    layers = _hidden_layers(cnn[conv_gait])
     palette = plt.get_cmap("viridis")
     for i, key in enumerate(layers):
         points = [(e["epoch"], max(1.0 - e[key], 1e-12)) for e in cnn[conv_gait] if key in e]
@@ -147,8 +190,23 @@ def plot(epoch: int, path: Path, *, results: Path = RESULTS_DIR, mlp: Path = MLP
     ax_corr.set_yscale("log")
     ax_corr.set_xlabel("epoch")
     ax_corr.set_ylabel("1 - correlation with backprop (float64)\nCNN GAIT-N, output layer left out")
+    ax_corr.set_title(RUNS[conv_gait][2], fontsize=8)
     ax_corr.legend(fontsize=7, ncol=2)
-    for a in (ax_acc, ax_corr):
+    for name, colour in styles[1:2] + styles[3:]:
+        if name not in cnn or name not in penalties:
+            continue
+        hidden = _hidden_layers(cnn[name])
+        points = [(e["epoch"], max(1.0 - min(e[k] for k in hidden), 1e-12))
+                  for e in cnn[name] if hidden and all(k in e for k in hidden)]
+        if points:
+            ax_worst.plot(*zip(*points), "-o", ms=3, color=colour, label=f"penalty {penalties[name]:g}")
+    ax_worst.set_yscale("log")
+    ax_worst.set_xlabel("epoch")
+    ax_worst.set_ylabel("1 - r of the least aligned hidden layer (float64)")
+    ax_worst.set_title("CNN GAIT-N: orthogonality penalty weight", fontsize=8)
+    if ax_worst.get_lines():
+        ax_worst.legend(fontsize=7)
+    for a in (ax_acc, ax_corr, ax_worst):
         a.grid(alpha=0.3)
     fig.suptitle(f"CIFAR-10: the invertible CNN (seed {seed}) against the paper's MLP", fontsize=10)
     fig.tight_layout()

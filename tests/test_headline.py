@@ -32,6 +32,10 @@ def _settings(name):
                                           target_mode="difference", lr=1e-3)),
     ("conv_bp32_lr1e-3", dict(rule="Backprop", square_output=True, ortho_weight=0.0, lr=1e-3)),
     ("conv_bp32_ortho100_lr1e-3", dict(rule="Backprop", square_output=True, ortho_weight=100.0, lr=1e-3)),
+    ("conv_gait_norm_diff32_ortho10_lr1e-3", dict(rule="GAITProp", square_output=True, ortho_weight=10.0,
+                                                  target_mode="difference", lr=1e-3)),
+    ("conv_gait_norm_diff32_ortho1_lr1e-3", dict(rule="GAITProp", square_output=True, ortho_weight=1.0,
+                                                 target_mode="difference", lr=1e-3)),
 ])
 def test_runs_are_what_their_names_say(name, expected):
     rule, net = _settings(name)
@@ -39,6 +43,18 @@ def test_runs_are_what_their_names_say(name, expected):
     for key, value in expected.items():
         owner = net if key == "square_output" else rule
         assert getattr(owner, key) == value, (name, key)
+
+
+@pytest.mark.parametrize("name", list(conv_comparison.CONV_GAIT_PENALTIES))
+def test_conv_penalty_runs_differ_from_the_compared_gait_run_only_in_the_penalty(name):
+    rule, _ = _settings(name)
+    reference, _ = _settings(conv_comparison.CONV_GAIT)
+    assert rule.ortho_weight == conv_comparison.CONV_GAIT_PENALTIES[name]
+    for key in ("lr", "target_mode", "normalize", "eta"):
+        assert getattr(rule, key) == getattr(reference, key), (name, key)
+    config, overrides, _ = headline.RUNS[name]
+    assert config == headline.RUNS[conv_comparison.CONV_GAIT][0]
+    assert overrides[overrides.index("--trainer.precision") + 1] == "32-true"
 
 
 def test_matched_baseline_trains_the_gait_network():
@@ -166,9 +182,25 @@ def test_conv_comparison_reads_both_formats_at_one_epoch(tmp_path, capsys):
     _write_metrics(results / "conv_bp32_ortho100_lr1e-3_s0.csv", [
         {"step": 10 * k + 9, "epoch": k, "val/acc": acc} for k, acc in enumerate([0.30, 0.37, 0.435])])
 
+    # a GAIT-N run with another penalty weight joins once it has reached the epoch
+    _write_metrics(results / "conv_gait_norm_diff32_ortho10_lr1e-3_s0.csv", [
+        row for k, acc in enumerate([0.32, 0.40, 0.46])
+        for row in ({"step": 10 * k + 5, "bp_corr/layer_1": 0.95, "bp_corr/layer_2": 0.99},
+                    {"step": 10 * k + 9, "epoch": k, "val/acc": acc})])
+    rows = {r["quantity"]: r["value_pp"] for r in conv_comparison.compare(3, results=results, mlp=mlp)}
+    assert rows["cnn_gait_n_ortho10_test_acc"] == pytest.approx(46.0)
+    assert rows["cnn_gait_n_ortho10_minus_mlp_bp"] == pytest.approx(10.0)
+    assert rows["cnn_gap_bp_minus_gait_n_ortho10"] == pytest.approx(1.0)
+    assert "cnn_gait_n_ortho1_test_acc" not in rows and "cnn_gait_n_ortho100_test_acc" not in rows
+    rows = {r["quantity"]: r["value_pp"]
+            for r in conv_comparison.compare(3, results=results, mlp=mlp, conv_gait="conv_gait_norm_diff32_ortho10_lr1e-3")}
+    assert rows["cnn_gait_n_test_acc"] == pytest.approx(46.0)  # the compared run is not listed twice
+    assert rows["cnn_gait_n_ortho100_test_acc"] == pytest.approx(44.0)
+    assert "cnn_gait_n_ortho10_test_acc" not in rows
+
     assert conv_comparison.main(["--epoch", "3", "--results", str(results), "--mlp", str(mlp), "--write"]) == 0
     with open(results / "conv_epoch3.csv", newline="") as f:
-        assert len(list(csv.DictReader(f))) == 9
+        assert len(list(csv.DictReader(f))) == 12
     assert (results / "conv_epoch3.png").stat().st_size > 0
 
     capsys.readouterr()

@@ -167,7 +167,7 @@ def plot(epoch: int, path: Path, *, results: Path = RESULTS_DIR, mlp: Path = MLP
     styles = [(conv_bp, "tab:blue"), (conv_gait, "tab:red"), (conv_matched, "tab:purple")]
     styles += [(name, oranges(0.35 + 0.4 * i / max(1, len(variants) - 1))) for i, name in enumerate(variants)]
     for name, colour in styles:
-        if name not in cnn:
+        if not cnn.get(name):  # absent, or no finished epoch yet
             continue
         ax_acc.plot([e["epoch"] for e in cnn[name]], [100 * e["test_acc"] for e in cnn[name]], "-o", ms=3,
                     color=colour, label=f"CNN: {RUNS[name][2]}")

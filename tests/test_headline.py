@@ -198,6 +198,8 @@ def test_conv_comparison_reads_both_formats_at_one_epoch(tmp_path, capsys):
     assert rows["cnn_gait_n_ortho100_test_acc"] == pytest.approx(44.0)
     assert "cnn_gait_n_ortho10_test_acc" not in rows
 
+    # a run that has not finished its first epoch is left out of the table and the figure
+    _write_metrics(results / "conv_gait_norm_diff32_ortho1_lr1e-3_s0.csv", [{"step": 5, "bp_corr/layer_1": 0.9}])
     assert conv_comparison.main(["--epoch", "3", "--results", str(results), "--mlp", str(mlp), "--write"]) == 0
     with open(results / "conv_epoch3.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 12

@@ -38,6 +38,8 @@ MLP_DIR = Path("results/epochs20/training")
 CONV_BP, CONV_GAIT = "conv_bp32_lr1e-3", "conv_gait_norm_diff32_lr1e-3"
 #: BP on the CNN with GAIT-N's orthogonality penalty (compared once it has reached the epoch)
 CONV_MATCHED = "conv_bp32_ortho100_lr1e-3"
+#: the orthogonality weight of ``CONV_MATCHED``
+CONV_MATCHED_WEIGHT = 100.0
 #: the CNN's GAIT-N runs that differ only in the orthogonality penalty's weight (run -> weight);
 #: those other than the compared GAIT-N run are reported once they have reached the epoch
 CONV_GAIT_PENALTIES: Dict[str, float] = {
@@ -82,7 +84,8 @@ def compare(epoch: int, *, results: Path = RESULTS_DIR, mlp: Path = MLP_DIR, see
     """Rows ``(quantity, epoch, value_pp, source)``: the test accuracies at ``epoch`` (%),
     then the CNN GAIT-N's margin over the MLP's BP and the GAIT-N-to-BP gaps (percentage
     points; a gap is BP minus GAIT-N). The CNN's matched baseline ``conv_matched`` (BP with
-    GAIT-N's penalty) is included when its CSV has reached ``epoch``, and so is each GAIT-N
+    penalty ``CONV_MATCHED_WEIGHT``) is included when its CSV has reached ``epoch``, with its
+    gap to the GAIT-N run of the same penalty weight, and so is each GAIT-N
     run of ``penalties`` (run -> orthogonality weight; default :data:`CONV_GAIT_PENALTIES`)
     other than ``conv_gait``, as ``cnn_gait_n_ortho{weight}_test_acc`` with its margin over
     the MLP's BP and its gap to the CNN's BP. Raises ``LookupError`` naming one of the
@@ -102,7 +105,8 @@ def compare(epoch: int, *, results: Path = RESULTS_DIR, mlp: Path = MLP_DIR, see
         sources["cnn_bp_matched"] = matched_path
         cnn.append("cnn_bp_matched")
     variants = []
-    for name, weight in (CONV_GAIT_PENALTIES if penalties is None else penalties).items():
+    weights = CONV_GAIT_PENALTIES if penalties is None else penalties
+    for name, weight in weights.items():
         path = results / f"{run_id(name, seed)}.csv"
         if name != conv_gait and _reached(path, epoch):
             sources[penalty_key(weight)] = path
@@ -123,8 +127,11 @@ def compare(epoch: int, *, results: Path = RESULTS_DIR, mlp: Path = MLP_DIR, see
         "cnn_gap_bp_minus_gait_n": acc["cnn_bp"] - acc["cnn_gait_n"],
         "mlp_gap_bp_minus_gait_n": acc["mlp_bp"] - acc["mlp_gait_n"],
     }
-    if "cnn_bp_matched" in acc:
-        derived["cnn_gap_matched_bp_minus_gait_n"] = acc["cnn_bp_matched"] - acc["cnn_gait_n"]
+    same_weight = "cnn_gait_n"
+    if conv_gait in weights and weights[conv_gait] != CONV_MATCHED_WEIGHT:
+        same_weight = penalty_key(CONV_MATCHED_WEIGHT)
+    if "cnn_bp_matched" in acc and same_weight in acc:
+        derived["cnn_gap_matched_bp_minus_gait_n"] = acc["cnn_bp_matched"] - acc[same_weight]
     for key in variants:
         derived[f"{key}_minus_mlp_bp"] = acc[key] - acc["mlp_bp"]
         derived[f"cnn_gap_bp_minus_{key[len('cnn_'):]}"] = acc["cnn_bp"] - acc[key]

@@ -197,6 +197,7 @@ def test_conv_comparison_reads_both_formats_at_one_epoch(tmp_path, capsys):
     assert rows["cnn_gait_n_test_acc"] == pytest.approx(46.0)  # the compared run is not listed twice
     assert rows["cnn_gait_n_ortho100_test_acc"] == pytest.approx(44.0)
     assert "cnn_gait_n_ortho10_test_acc" not in rows
+    assert rows["cnn_gap_matched_bp_minus_gait_n"] == pytest.approx(-0.5)  # against GAIT-N of the same weight
 
     # a run that has not finished its first epoch is left out of the table and the figure
     _write_metrics(results / "conv_gait_norm_diff32_ortho1_lr1e-3_s0.csv", [{"step": 5, "bp_corr/layer_1": 0.9}])

@@ -25,7 +25,9 @@ Runs (``RUNS``):
   (``conf/conv/``, lr 1e-4), and at lr 1e-3 ``conv_bp32_lr1e-3``, ``conv_gait_norm_diff32_lr1e-3``
   and ``conv_bp32_ortho100_lr1e-3`` (BP with GAIT-N's penalty: the CNN's matched baseline);
   ``conv_gait_norm_diff32_ortho10_lr1e-3`` and ``conv_gait_norm_diff32_ortho1_lr1e-3``: the
-  CNN's GAIT-N with orthogonality weight 10 / 1;
+  CNN's GAIT-N with orthogonality weight 10 / 1; ``conv_bp32_norm_lr1e-3`` and
+  ``conv_gait_norm_diff32_norm_lr1e-3``: the lr 1e-3 pair on inputs standardized per channel
+  (``normalize_channels``; the others see pixels in [0, 1], as the paper's MLP);
   :mod:`experiments.conv_comparison` sets them against the MLP.
 
 A run lives in ``OUTPUTS/{name}_s{seed}/``; each start of it (the first and every resume)
@@ -103,6 +105,14 @@ RUNS: Dict[str, tuple] = {
                                                                "--trainer.precision", "32-true", "--model.init_args.lr", "1e-3",
                                                                "--model.init_args.ortho_weight", "1"],
                                             "GAIT-N on the invertible CNN, difference form, float32, lr 1e-3, penalty 1"),
+    "conv_bp32_norm_lr1e-3": ("conv/bp", ["--trainer.precision", "32-true", "--model.init_args.lr", "1e-3",
+                                          "--data.normalize_channels", "true"],
+                              "BP on the invertible CNN, float32, lr 1e-3, inputs standardized per channel"),
+    "conv_gait_norm_diff32_norm_lr1e-3": ("conv/gait_norm", ["--model.init_args.target_mode", "difference",
+                                                             "--trainer.precision", "32-true", "--model.init_args.lr", "1e-3",
+                                                             "--data.normalize_channels", "true"],
+                                          "GAIT-N on the invertible CNN, difference form, float32, lr 1e-3, "
+                                          "inputs standardized per channel"),
 }
 
 #: the configs whose rule is backprop (their correlation with backprop is 1 by definition)

@@ -57,6 +57,16 @@ def test_conv_penalty_runs_differ_from_the_compared_gait_run_only_in_the_penalty
     assert overrides[overrides.index("--trainer.precision") + 1] == "32-true"
 
 
+@pytest.mark.parametrize("name, reference", [("conv_bp32_norm_lr1e-3", "conv_bp32_lr1e-3"),
+                                             ("conv_gait_norm_diff32_norm_lr1e-3", "conv_gait_norm_diff32_lr1e-3")])
+def test_standardized_conv_runs_differ_from_the_lr_1e3_pair_only_in_the_inputs(name, reference):
+    config, overrides, _ = headline.RUNS[name]
+    ref_config, ref_overrides, _ = headline.RUNS[reference]
+    flag = overrides.index("--data.normalize_channels")
+    assert config == ref_config and overrides[:flag] + overrides[flag + 2:] == ref_overrides
+    assert regime_cli(config, *overrides).datamodule.normalize_channels
+
+
 def test_matched_baseline_trains_the_gait_network():
     """BP's matched baseline has exactly GAIT-N's parameter shapes (same network, other rule)."""
     _, gait = _settings("gait_norm")

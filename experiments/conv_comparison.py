@@ -85,7 +85,7 @@ def compare(epoch: int, *, results: Path = RESULTS_DIR, mlp: Path = MLP_DIR, see
     then the CNN GAIT-N's margin over the MLP's BP and the GAIT-N-to-BP gaps (percentage
     points; a gap is BP minus GAIT-N). The CNN's matched baseline ``conv_matched`` (BP with
     penalty ``CONV_MATCHED_WEIGHT``) is included when its CSV has reached ``epoch``, with its
-    gap to the GAIT-N run of the same penalty weight, and so is each GAIT-N
+    gap to the GAIT-N run of ``penalties`` with that weight, and so is each GAIT-N
     run of ``penalties`` (run -> orthogonality weight; default :data:`CONV_GAIT_PENALTIES`)
     other than ``conv_gait``, as ``cnn_gait_n_ortho{weight}_test_acc`` with its margin over
     the MLP's BP and its gap to the CNN's BP. Raises ``LookupError`` naming one of the
@@ -127,9 +127,7 @@ def compare(epoch: int, *, results: Path = RESULTS_DIR, mlp: Path = MLP_DIR, see
         "cnn_gap_bp_minus_gait_n": acc["cnn_bp"] - acc["cnn_gait_n"],
         "mlp_gap_bp_minus_gait_n": acc["mlp_bp"] - acc["mlp_gait_n"],
     }
-    same_weight = "cnn_gait_n"
-    if conv_gait in weights and weights[conv_gait] != CONV_MATCHED_WEIGHT:
-        same_weight = penalty_key(CONV_MATCHED_WEIGHT)
+    same_weight = "cnn_gait_n" if weights.get(conv_gait) == CONV_MATCHED_WEIGHT else penalty_key(CONV_MATCHED_WEIGHT)
     if "cnn_bp_matched" in acc and same_weight in acc:
         derived["cnn_gap_matched_bp_minus_gait_n"] = acc["cnn_bp_matched"] - acc[same_weight]
     for key in variants:

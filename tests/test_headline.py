@@ -208,6 +208,18 @@ def test_conv_comparison_reads_both_formats_at_one_epoch(tmp_path, capsys):
     assert rows["cnn_gait_n_ortho100_test_acc"] == pytest.approx(44.0)
     assert "cnn_gait_n_ortho10_test_acc" not in rows
     assert rows["cnn_gap_matched_bp_minus_gait_n"] == pytest.approx(-0.5)  # against GAIT-N of the same weight
+    # a GAIT-N run outside the penalty runs (other inputs, say): every penalty run is listed beside it
+    for name in ("conv_bp32_norm_lr1e-3", "conv_gait_norm_diff32_norm_lr1e-3"):
+        _write_metrics(results / f"{name}_s0.csv", [
+            {"step": 10 * k + 9, "epoch": k, "val/acc": acc} for k, acc in enumerate([0.40, 0.47, 0.52])])
+    rows = {r["quantity"]: r["value_pp"]
+            for r in conv_comparison.compare(3, results=results, mlp=mlp, conv_bp="conv_bp32_norm_lr1e-3",
+                                             conv_gait="conv_gait_norm_diff32_norm_lr1e-3")}
+    assert rows["cnn_gait_n_test_acc"] == pytest.approx(52.0) and rows["cnn_gap_bp_minus_gait_n"] == pytest.approx(0.0)
+    assert rows["cnn_gait_n_ortho100_test_acc"] == pytest.approx(44.0)
+    assert rows["cnn_gap_matched_bp_minus_gait_n"] == pytest.approx(-0.5)
+    for name in ("conv_bp32_norm_lr1e-3", "conv_gait_norm_diff32_norm_lr1e-3"):
+        (results / f"{name}_s0.csv").unlink()
 
     # a run that has not finished its first epoch is left out of the table and the figure
     _write_metrics(results / "conv_gait_norm_diff32_ortho1_lr1e-3_s0.csv", [{"step": 5, "bp_corr/layer_1": 0.9}])

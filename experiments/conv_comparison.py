@@ -16,11 +16,14 @@ and reports each one's test accuracy at epoch ``N``, the CNN GAIT-N's margin ove
 BP, and the GAIT-N-to-BP gap of each network. ``--write`` also writes
 ``conv_epoch{N}.csv`` (one row per quantity) and ``conv_epoch{N}.png`` (test accuracy of
 every run; the CNN GAIT-N's per-layer ``1 - r``, r its correlation with backprop, computed in
-float64; the least aligned layer's ``1 - r`` at each penalty weight) into the results folder::
+float64; the least aligned layer's ``1 - r`` at each penalty weight) into the results folder
+(``--stem`` names them otherwise)::
 
     python -m experiments.headline run conv_bp32_lr1e-3 conv_gait_norm_diff32_lr1e-3 --seeds 0 --epochs 10
     python -m experiments.headline sync
     python -m experiments.conv_comparison --epoch 10 --write
+    python -m experiments.conv_comparison --epoch 10 --bp conv_bp32_norm_lr1e-3 \\
+        --gait conv_gait_norm_diff32_norm_lr1e-3 --write --stem conv_norm_epoch10
 """
 from __future__ import annotations
 
@@ -231,7 +234,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help=f"the CNN's GAIT-N run (default {CONV_GAIT})")
     parser.add_argument("--results", default=str(RESULTS_DIR), help="the CNN runs' synced CSVs")
     parser.add_argument("--mlp", default=str(MLP_DIR), help="the MLP's experiments.training CSVs")
-    parser.add_argument("--write", action="store_true", help="write conv_epoch{N}.csv and .png into --results")
+    parser.add_argument("--write", action="store_true", help="write STEM.csv and STEM.png into --results")
+    parser.add_argument("--stem", default=None,
+                        help="file name of --write's CSV and PNG, without suffix (default conv_epoch{N})")
     args = parser.parse_args(argv)
     results, mlp = Path(args.results), Path(args.mlp)
     try:
@@ -244,8 +249,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("a test accuracy is NaN", file=sys.stderr)
         return 1
     if args.write:
-        print("wrote", write_summary(rows, results / f"conv_epoch{args.epoch}.csv"))
-        print("wrote", plot(args.epoch, results / f"conv_epoch{args.epoch}.png", results=results, mlp=mlp,
+        stem = args.stem or f"conv_epoch{args.epoch}"
+        print("wrote", write_summary(rows, results / f"{stem}.csv"))
+        print("wrote", plot(args.epoch, results / f"{stem}.png", results=results, mlp=mlp,
                             seed=args.seed, conv_bp=args.bp, conv_gait=args.gait))
     return 0
 

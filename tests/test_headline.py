@@ -227,6 +227,11 @@ def test_conv_comparison_reads_both_formats_at_one_epoch(tmp_path, capsys):
     with open(results / "conv_epoch3.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 12
     assert (results / "conv_epoch3.png").stat().st_size > 0
+    assert conv_comparison.main(["--epoch", "3", "--results", str(results), "--mlp", str(mlp), "--write",
+                                 "--gait", "conv_gait_norm_diff32_ortho10_lr1e-3", "--stem", "other_pair"]) == 0
+    with open(results / "other_pair.csv", newline="") as f:
+        assert {r["quantity"]: float(r["value_pp"]) for r in csv.DictReader(f)}["cnn_gait_n_test_acc"] == pytest.approx(46.0)
+    assert (results / "other_pair.png").stat().st_size > 0
 
     capsys.readouterr()
     assert conv_comparison.main(["--epoch", "4", "--results", str(results), "--mlp", str(mlp)]) == 1

@@ -58,6 +58,11 @@ from typing import Dict, List, Optional, Sequence
 
 from .common import DEFAULT_DATA_DIR
 
+#: the overrides shared by the CNN's lr 1e-3 runs
+_CONV_BP_F32_LR1E3 = ["--trainer.precision", "32-true", "--model.init_args.lr", "1e-3"]
+_CONV_GAIT_DIFF_F32_LR1E3 = ["--model.init_args.target_mode", "difference"] + _CONV_BP_F32_LR1E3
+_STANDARDIZED = ["--data.normalize_channels", "true"]
+
 #: run name -> (regime config in conf/, extra CLI overrides, label)
 RUNS: Dict[str, tuple] = {
     "bp": ("bp", [], "BP (500 -> 10 output, no penalty)"),
@@ -89,28 +94,18 @@ RUNS: Dict[str, tuple] = {
     "conv_gait_norm_diff32": ("conv/gait_norm", ["--model.init_args.target_mode", "difference",
                                                  "--trainer.precision", "32-true"],
                               "GAIT-N on the invertible CNN, difference form, float32 (lr 1e-4)"),
-    "conv_bp32_lr1e-3": ("conv/bp", ["--trainer.precision", "32-true", "--model.init_args.lr", "1e-3"],
-                         "BP on the invertible CNN, float32, lr 1e-3"),
-    "conv_bp32_ortho100_lr1e-3": ("conv/bp", ["--trainer.precision", "32-true", "--model.init_args.lr", "1e-3",
-                                              "--model.init_args.ortho_weight", "100"],
+    "conv_bp32_lr1e-3": ("conv/bp", _CONV_BP_F32_LR1E3, "BP on the invertible CNN, float32, lr 1e-3"),
+    "conv_bp32_ortho100_lr1e-3": ("conv/bp", _CONV_BP_F32_LR1E3 + ["--model.init_args.ortho_weight", "100"],
                                   "BP on the invertible CNN with GAIT-N's penalty 100, float32, lr 1e-3"),
-    "conv_gait_norm_diff32_lr1e-3": ("conv/gait_norm", ["--model.init_args.target_mode", "difference",
-                                                        "--trainer.precision", "32-true", "--model.init_args.lr", "1e-3"],
+    "conv_gait_norm_diff32_lr1e-3": ("conv/gait_norm", _CONV_GAIT_DIFF_F32_LR1E3,
                                      "GAIT-N on the invertible CNN, difference form, float32, lr 1e-3"),
-    "conv_gait_norm_diff32_ortho10_lr1e-3": ("conv/gait_norm", ["--model.init_args.target_mode", "difference",
-                                                                "--trainer.precision", "32-true", "--model.init_args.lr", "1e-3",
-                                                                "--model.init_args.ortho_weight", "10"],
+    "conv_gait_norm_diff32_ortho10_lr1e-3": ("conv/gait_norm", _CONV_GAIT_DIFF_F32_LR1E3 + ["--model.init_args.ortho_weight", "10"],
                                              "GAIT-N on the invertible CNN, difference form, float32, lr 1e-3, penalty 10"),
-    "conv_gait_norm_diff32_ortho1_lr1e-3": ("conv/gait_norm", ["--model.init_args.target_mode", "difference",
-                                                               "--trainer.precision", "32-true", "--model.init_args.lr", "1e-3",
-                                                               "--model.init_args.ortho_weight", "1"],
+    "conv_gait_norm_diff32_ortho1_lr1e-3": ("conv/gait_norm", _CONV_GAIT_DIFF_F32_LR1E3 + ["--model.init_args.ortho_weight", "1"],
                                             "GAIT-N on the invertible CNN, difference form, float32, lr 1e-3, penalty 1"),
-    "conv_bp32_norm_lr1e-3": ("conv/bp", ["--trainer.precision", "32-true", "--model.init_args.lr", "1e-3",
-                                          "--data.normalize_channels", "true"],
+    "conv_bp32_norm_lr1e-3": ("conv/bp", _CONV_BP_F32_LR1E3 + _STANDARDIZED,
                               "BP on the invertible CNN, float32, lr 1e-3, inputs standardized per channel"),
-    "conv_gait_norm_diff32_norm_lr1e-3": ("conv/gait_norm", ["--model.init_args.target_mode", "difference",
-                                                             "--trainer.precision", "32-true", "--model.init_args.lr", "1e-3",
-                                                             "--data.normalize_channels", "true"],
+    "conv_gait_norm_diff32_norm_lr1e-3": ("conv/gait_norm", _CONV_GAIT_DIFF_F32_LR1E3 + _STANDARDIZED,
                                           "GAIT-N on the invertible CNN, difference form, float32, lr 1e-3, "
                                           "inputs standardized per channel"),
 }

@@ -71,8 +71,9 @@ def _at(curve: Dict[int, float], epoch: int, what: str) -> float:
     return curve[epoch]
 
 
-def _reached(path: Path, epoch: int) -> bool:
-    return path.is_file() and any(e["epoch"] == epoch for e in read_epochs(path))
+def _test_acc(path: Path) -> Dict[int, float]:
+    """Test accuracy at each finished epoch of a run's synced CSV (empty if there is no CSV)."""
+    return {e["epoch"]: e["test_acc"] for e in read_epochs(path)} if path.is_file() else {}
 
 
 def penalty_key(weight: float) -> str:
@@ -102,23 +103,18 @@ def compare(epoch: int, *, results: Path = RESULTS_DIR, mlp: Path = MLP_DIR, see
     for key, path in sources.items():
         if not path.is_file():
             raise LookupError(f"{key}: {path} does not exist")
-    cnn = ["cnn_bp", "cnn_gait_n"]
-    matched_path = None if conv_matched is None else results / f"{run_id(conv_matched, seed)}.csv"
-    if matched_path is not None and _reached(matched_path, epoch):
-        sources["cnn_bp_matched"] = matched_path
-        cnn.append("cnn_bp_matched")
-    variants = []
+    curves = {key: _test_acc(sources[key]) for key in ("cnn_bp", "cnn_gait_n")}
     weights = CONV_GAIT_PENALTIES if penalties is None else penalties
-    for name, weight in weights.items():
+    optional = [] if conv_matched is None else [("cnn_bp_matched", conv_matched)]
+    optional += [(penalty_key(weight), name) for name, weight in weights.items() if name != conv_gait]
+    for key, name in optional:  # included once they have reached the epoch
         path = results / f"{run_id(name, seed)}.csv"
-        if name != conv_gait and _reached(path, epoch):
-            sources[penalty_key(weight)] = path
-            cnn.append(penalty_key(weight))
-            variants.append(penalty_key(weight))
-    acc = {
-        key: 100 * _at({e["epoch"]: e["test_acc"] for e in read_epochs(sources[key])}, epoch, str(sources[key]))
-        for key in cnn
-    }
+        curve = _test_acc(path)
+        if epoch in curve:
+            sources[key], curves[key] = path, curve
+    variants = [key for key, _ in optional if key in curves and key != "cnn_bp_matched"]
+    cnn = list(curves)
+    acc = {key: 100 * _at(curves[key], epoch, str(sources[key])) for key in cnn}
     acc.update({key: 100 * _at(mlp_accuracy(sources[key]), epoch, str(sources[key]))
                 for key in ("mlp_bp", "mlp_gait_n")})
     rows: List[Dict[str, object]] = [
@@ -200,7 +196,7 @@ def plot(epoch: int, path: Path, *, results: Path = RESULTS_DIR, mlp: Path = MLP
     ax_corr.set_ylabel("1 - correlation with backprop (float64)\nCNN GAIT-N, output layer left out")
     ax_corr.set_title(RUNS[conv_gait][2], fontsize=8)
     ax_corr.legend(fontsize=7, ncol=2)
-    for name, colour in styles[1:2] + styles[3:]:
+    for name, colour in styles:
         if name not in cnn or name not in penalties:
             continue
         hidden = _hidden_layers(cnn[name])

@@ -109,6 +109,8 @@ class ImageDataModule(pl.LightningDataModule):
         verify_checksums: check the published checksums of the files where the data set
             has them (turn off only for generated data).
         pin_memory: pin host memory (useful with a GPU).
+        test_every_epoch: evaluate the test set with each validation, logged as ``test/loss`` and
+            ``test/acc`` (a curve to report; choices stay on ``val/``).
     """
 
     #: the data set's name in messages
@@ -152,6 +154,7 @@ class ImageDataModule(pl.LightningDataModule):
         normalize_channels: bool = False,
         verify_checksums: bool = True,
         pin_memory: bool = False,
+        test_every_epoch: bool = False,
     ) -> None:
         super().__init__()
         if self.input_shape is None or self.num_classes is None:
@@ -175,6 +178,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.normalize_channels = normalize_channels
         self.verify_checksums = verify_checksums
         self.pin_memory = pin_memory
+        self.test_every_epoch = test_every_epoch
         self.data_train: Optional[FlatImageDataset] = None
         self.data_val: Optional[FlatImageDataset] = None
         self.data_test: Optional[FlatImageDataset] = None
@@ -321,8 +325,11 @@ class ImageDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.data_train, train=True)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.data_val, train=False)
+    def val_dataloader(self):
+        """The validation loader; with ``test_every_epoch``, the test loader after it, so
+        that each validation also reports ``test/acc`` (for curves: choices stay on ``val/``)."""
+        val = self._loader(self.data_val, train=False)
+        return [val, self._loader(self.data_test, train=False)] if self.test_every_epoch else val
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.data_test, train=False)

@@ -591,16 +591,19 @@ class LocalLearningRule(pl.LightningModule):
         return None
 
     def _eval_step(self, batch, loss_metric: MeanMetric, acc_metric: MulticlassAccuracy, stage: str):
+        # one key per stage whatever the number of loaders (validation may carry the test set too)
         x, y = batch
         logits = self.net(x)
         loss = F.cross_entropy(logits, y)
         loss_metric(loss)
         acc_metric(logits, y)
-        self.log(f"{stage}/loss", loss_metric, on_step=False, on_epoch=True, prog_bar=True)
-        self.log(f"{stage}/acc", acc_metric, on_step=False, on_epoch=True, prog_bar=True)
+        self.log(f"{stage}/loss", loss_metric, on_step=False, on_epoch=True, prog_bar=True, add_dataloader_idx=False)
+        self.log(f"{stage}/acc", acc_metric, on_step=False, on_epoch=True, prog_bar=True, add_dataloader_idx=False)
         return loss
 
-    def validation_step(self, batch, batch_idx: int):
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0):
+        if dataloader_idx == 1:  # the test set, evaluated with each validation (``test_every_epoch``)
+            return self._eval_step(batch, self.test_loss, self.test_acc, "test")
         return self._eval_step(batch, self.val_loss, self.val_acc, "val")
 
     def on_validation_epoch_end(self) -> None:

@@ -1,0 +1,60 @@
+"""Experiments as config stacks: names from stacks, a run trains, resumes in a new segment,
+and syncs a curve with ``val/acc`` and ``test/acc`` and the config it trained with."""
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from experiments import stacks
+
+
+def test_run_name_derives_from_the_stack():
+    assert stacks.run_name(["gait_norm", "variants/f32", "variants/difference"]) == "gait_norm+f32+difference"
+    assert stacks.run_name(["conv/bp"]) == "conv-bp"
+
+
+@pytest.mark.parametrize("grid", stacks.grid_names())
+def test_every_shipped_grid_parses_and_its_stacks_resolve(grid, repo_root):
+    runs = stacks.load_grid(grid)
+    assert runs
+    for stack in dict.fromkeys(r.stack for r in runs):
+        args = [a for config in stack for a in ("--config", config)]
+        done = subprocess.run([sys.executable, "-m", "lightning_gait.fit", *args, "--print_config"],
+                              cwd=repo_root, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+
+
+def test_a_bad_grid_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(stacks, "GRIDS_DIR", tmp_path)
+    (tmp_path / "bad.yaml").write_text("stacks: gait_norm\n")
+    assert stacks.main(["list", "bad"]) == 2
+    assert "'stacks' must be" in capsys.readouterr().err
+    assert stacks.main(["list", "missing"]) == 2
+    assert "experiments: bad" in capsys.readouterr().err
+
+
+def test_a_run_resumes_in_a_new_segment_and_syncs_curve_and_config(tiny_cifar_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(stacks, "GRIDS_DIR", tmp_path)
+    (tmp_path / "tiny.yaml").write_text(
+        "stacks:\n  - [gait_norm, variants/f32, variants/difference]\nseeds: [3]\n"
+        "args: [--model.init_args.net.init_args.width, '16', --model.init_args.net.init_args.depth, '2',"
+        " --data.batch_size, '32', --data.val_size, '64', --data.verify_checksums, 'false']\n")
+    outputs, results = tmp_path / "out", tmp_path / "res"
+    common = ["--data-dir", str(tiny_cifar_root), "--outputs", str(outputs), "--results", str(results)]
+    assert stacks.main(["run", "tiny", *common, "--fit-args", "--trainer.max_epochs", "1"]) == 0
+    assert stacks.main(["run", "tiny", *common, "--fit-args", "--trainer.max_epochs", "2"]) == 0
+    run_dir = outputs / "tiny" / "gait_norm+f32+difference_s3"
+    assert [p.name for p in stacks.segments(run_dir)] == ["part1", "part2"]
+    dest = results / "tiny" / "gait_norm+f32+difference_s3"
+    with open(dest / "metrics.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("val/acc")]
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert all(r["test/acc"] for r in rows)  # the test set evaluated with each validation
+    config = yaml.safe_load((dest / "config.yaml").read_text())
+    assert config["trainer"]["precision"] == "32-true"
+    assert config["model"]["init_args"]["target_mode"] == "difference"
+    assert config["seed_everything"] == 3 and config["data"]["init_args"]["shuffle_seed"] == 3

@@ -10,12 +10,46 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+TESTS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = TESTS_DIR.parent
+FIXTURES = TESTS_DIR / "fixtures"
 
-# the research tooling (benchmarks/, experiments/) sits beside the package, at the repository root
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+#: the environment variable naming the folder of real data sets (CIFAR-10's ``cifar-10-batches-py``)
+DATA_ENV = "LIGHTNING_GAIT_DATA"
+
+
+def _data_dir(value: str | None) -> Path:
+    """The real-data folder: ``value`` (relative to the working directory) or ``../shared/data``
+    beside the repository root."""
+    return Path(value).expanduser().resolve() if value else REPO_ROOT.parent / "shared" / "data"
+
+
+#: the real-data folder, given once: ``--data-dir`` or ``$LIGHTNING_GAIT_DATA``, else ``../shared/data``
+SHARED_DATA = _data_dir(os.environ.get(DATA_ENV))
+
+# the research tooling (benchmarks/, experiments/) sits beside the package, at the repository root;
+# the shared helpers (_helpers.py, contract_net.py, ddp_worker.py, this file) in tests/, above the
+# folders that group the tests
+for _path in (REPO_ROOT, TESTS_DIR):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption("--data-dir", default=None,
+                     help=f"folder holding the real data sets (default: ${DATA_ENV}, else ../shared/data)")
+
+
+def pytest_configure(config) -> None:
+    global SHARED_DATA
+    option = config.getoption("--data-dir")
+    if option:
+        SHARED_DATA = _data_dir(option)
+
+
+def real_cifar_batch(name: str = "data_batch_1") -> Path:
+    """One file of the real CIFAR-10 in the configured data folder (it may not exist)."""
+    return SHARED_DATA / "cifar-10-batches-py" / name
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -101,9 +135,9 @@ def tiny_cifar_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def shared_data_root() -> Path:
-    """The real CIFAR-10 beside the checkout; tests that need it skip when it is absent."""
-    if not (SHARED_DATA / "cifar-10-batches-py" / "data_batch_1").is_file():
-        pytest.skip(f"real CIFAR-10 not found under {SHARED_DATA}")
+    """The real CIFAR-10 in the configured data folder; tests that need it skip when it is absent."""
+    if not real_cifar_batch().is_file():
+        pytest.skip(f"real CIFAR-10 not found under {SHARED_DATA} (--data-dir or ${DATA_ENV})")
     return SHARED_DATA
 
 

@@ -16,7 +16,7 @@ import yaml
 from lightning_gait import fit
 from lightning_gait.configs import ConfigError, SizeError, expand_config_args, regime_names, sizes_from_data
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from conftest import REPO_ROOT
 CONFIGS = [REPO_ROOT / "conf" / f"{name}.yaml" for name in regime_names(REPO_ROOT / "conf")]
 RECORDED = yaml.safe_load((REPO_ROOT / "tests" / "fixtures" / "resolved_configs.yaml").read_text())
 NET = "model.init_args.net.init_args"

@@ -52,8 +52,8 @@ import pytest
 import torch
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-WORKER_PATH = Path(__file__).with_name("ddp_worker.py")
+from conftest import REPO_ROOT, TESTS_DIR
+WORKER_PATH = TESTS_DIR / "ddp_worker.py"
 DDP_TIMEOUT_S = 240
 
 _spec = importlib.util.spec_from_file_location("ddp_worker", WORKER_PATH)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from conftest import REPO_ROOT
 
 #: lines that told a user nothing (each was printed by some run before it was switched off)
 NOISE = [

@@ -18,7 +18,7 @@ from lightning_gait.wandb_history import (
     wait_until_complete,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from conftest import REPO_ROOT
 LAYERS = 7  # conf/gait_norm.yaml: 3072 -> 6 x width -> width, 7 linear layers
 
 

@@ -31,7 +31,7 @@ import pytest
 
 from conftest import SHARED_DATA, write_tiny_cifar
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 README = REPO_ROOT / "README.md"
 BLOCK = re.compile(r"^```(?P<lang>[a-z]*)\n(?P<code>.*?)^```\s*$", re.S | re.M)
 MARKER = re.compile(r"<!-- readme-test: (?P<spec>.*?) -->\s*$")

@@ -6,11 +6,11 @@ the library does not know, registered there). Nothing in the library names it.
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import REPO_ROOT
 from contract_net import PatchMixNet
 from lightning_gait import Backprop, FeedbackAlignment, GAITProp, TargetProp, fit
 from lightning_gait.diagnostics import backprop_gradients, rule_alignment
@@ -134,7 +134,7 @@ def _readme_example_module():
     import sys
     import types
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = (REPO_ROOT / "README.md").read_text()
     section = text.split("### Bring your own network and data", 1)[1].split("\n##", 1)[0]
     blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
     commands = re.findall(r"```bash\n(.*?)```", section, flags=re.S)

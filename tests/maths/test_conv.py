@@ -21,7 +21,7 @@ from lightning_gait.networks import orthogonality_surrogate
 
 SHAPE = (3, 16, 16)
 SMALL = dict(channels=6, stages=2, patch=2, mixers=1, keep=4)
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from conftest import REPO_ROOT
 
 
 def make_net(seed: int = 0, dtype=torch.float64, **kwargs) -> InvertibleCNN:

@@ -8,12 +8,11 @@ batch. The library must reproduce them to 1e-12 relative.
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 
-FIXTURES = Path(__file__).with_name("fixtures")
+from conftest import FIXTURES
 
 
 def _maker():

@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import pickle
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Dict, List, Tuple
 
 import numpy as np
@@ -27,6 +26,7 @@ from torch.nn import functional as F
 
 from lightning_gait import Backprop, FeedbackAlignment, GAITProp, InvertibleMLP, TargetProp
 from _helpers import default_dtype
+from conftest import real_cifar_batch
 
 ACTIVATIONS = ["leaky_relu", "smooth_leaky_relu"]
 
@@ -170,7 +170,7 @@ def test_feedback_matrices_are_fixed_and_kept_in_the_checkpoint():
 # ============================================================== part 2: the Fig. 2B study
 NUM_NETS = 10
 BATCH = 256
-CIFAR_BATCH_FILE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar-10-batches-py" / "data_batch_1"
+CIFAR_BATCH_FILE = real_cifar_batch()  # the data folder given once: --data-dir or $LIGHTNING_GAIT_DATA
 HAVE_CIFAR = CIFAR_BATCH_FILE.is_file()
 DATA_ID = "cifar10" if HAVE_CIFAR else "uniform01-no-cifar10"
 

@@ -28,7 +28,7 @@ from lightning_gait.configs import regime_names
 from lightning_gait.wandb_history import find_run_file, history_keys, iter_records, read_history, wait_until_complete
 from lightning_gait.wandb_run import git_commit, regime_of
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from conftest import REPO_ROOT
 SWEEPS = sorted((REPO_ROOT / "conf" / "sweeps").glob("*.yaml"))
 TINY_LAYERS = 3  # width 16, depth 2: input -> 16 -> 16 -> output
 

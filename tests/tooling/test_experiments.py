@@ -234,7 +234,7 @@ def test_report_tables_come_from_the_csvs(tmp_path, capsys):
 def test_report_prints_the_readmes_20_epoch_table_by_default(capsys):
     from experiments import report
 
-    results = Path(__file__).resolve().parents[1] / "results"
+    results = Path(__file__).resolve().parents[2] / "results"
     if not (results / "epochs20" / "training" / "summary.csv").is_file():
         pytest.skip("no committed results/epochs20")
     assert report.main(["--out", str(results)]) == 0

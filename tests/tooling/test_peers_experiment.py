@@ -11,7 +11,7 @@ import torch
 from _helpers import default_dtype
 from lightning_gait import Backprop, FeedbackAlignment, GAITProp, InvertibleMLP, TargetProp
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from experiments import peers  # noqa: E402
 
 

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_gait import GAITProp, InvertibleMLP, plot
 from lightning_gait.callbacks import BPCorrelation, Orthogonality, TargetNorms
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from conftest import REPO_ROOT
 FIGURES = {"accuracy.png", "bp_alignment.png", "bp_alignment_at_init.png", "target_norms.png", "orthogonality.png"}
 
 

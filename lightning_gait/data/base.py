@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, SequentialSampler
 
 from ..errors import UserError
+from .augment import AugmentedImageDataset
 from .dataset import EpochSeededSampler, FlatImageDataset, collate_batch
 
 __all__ = ["ImageDataModule", "DataNotFoundError", "DataFormatError", "DataSplitError"]
@@ -109,6 +110,11 @@ class ImageDataModule(pl.LightningDataModule):
         verify_checksums: check the published checksums of the files where the data set
             has them (turn off only for generated data).
         pin_memory: pin host memory (useful with a GPU).
+        crop_padding: training images are cropped at a random offset of their copy padded
+            with this many zero pixels on each side (0: no cropping).
+        flip: training images are mirrored left-right with probability 1/2. The crop and
+            flip of an image depend only on ``(shuffle_seed, epoch, its index)``
+            (:mod:`lightning_gait.data.augment`): the same on resume and under DDP.
         test_every_epoch: evaluate the test set with each validation, logged as ``test/loss`` and
             ``test/acc`` (a curve to report; choices stay on ``val/``).
     """
@@ -155,6 +161,8 @@ class ImageDataModule(pl.LightningDataModule):
         verify_checksums: bool = True,
         pin_memory: bool = False,
         test_every_epoch: bool = False,
+        crop_padding: int = 0,
+        flip: bool = False,
     ) -> None:
         super().__init__()
         if self.input_shape is None or self.num_classes is None:
@@ -165,6 +173,8 @@ class ImageDataModule(pl.LightningDataModule):
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         if val_size < 0:
             raise ValueError(f"val_size must be >= 0, got {val_size}")
+        if crop_padding < 0:
+            raise ValueError(f"crop_padding must be >= 0, got {crop_padding}")
         if normalize_channels and (self.channel_mean is None or self.channel_std is None):
             raise ValueError(f"normalize_channels needs per-channel statistics, which {type(self).__name__} lacks")
         self.save_hyperparameters()
@@ -179,6 +189,8 @@ class ImageDataModule(pl.LightningDataModule):
         self.verify_checksums = verify_checksums
         self.pin_memory = pin_memory
         self.test_every_epoch = test_every_epoch
+        self.crop_padding = crop_padding
+        self.flip = flip
         self.data_train: Optional[FlatImageDataset] = None
         self.data_val: Optional[FlatImageDataset] = None
         self.data_test: Optional[FlatImageDataset] = None
@@ -294,12 +306,22 @@ class ImageDataModule(pl.LightningDataModule):
             g = torch.Generator().manual_seed(self.split_seed)
             perm = torch.randperm(len(train_labels), generator=g)
             val_idx, train_idx = perm[: self.val_size].sort().values, perm[self.val_size :].sort().values
-            self.data_train = FlatImageDataset(train_images[train_idx], train_labels[train_idx])
+            self.data_train = self._training_set(train_images[train_idx], train_labels[train_idx])
             self.data_val = FlatImageDataset(train_images[val_idx], train_labels[val_idx])
         else:
-            self.data_train = FlatImageDataset(train_images, train_labels)
+            self.data_train = self._training_set(train_images, train_labels)
             self.data_val = FlatImageDataset(test_images, test_labels)
         self.data_test = FlatImageDataset(test_images, test_labels)
+
+    @property
+    def augments(self) -> bool:
+        return self.crop_padding > 0 or self.flip
+
+    def _training_set(self, images: Tensor, labels: Tensor) -> FlatImageDataset:
+        if not self.augments:
+            return FlatImageDataset(images, labels)
+        return AugmentedImageDataset(images, labels, self.input_shape, seed=self.shuffle_seed,
+                                     padding=self.crop_padding, flip=self.flip)
 
     def _loader(self, dataset: FlatImageDataset, *, train: bool) -> DataLoader:
         trainer = self.trainer
@@ -308,9 +330,10 @@ class ImageDataModule(pl.LightningDataModule):
         elif trainer is not None and trainer.world_size > 1:
             # our own DistributedSampler (Lightning keeps it): the order of shuffle_seed, not of seed_everything
             sampler = EpochSeededSampler.distributed(dataset, seed=self.shuffle_seed,
-                                                     num_replicas=trainer.world_size, rank=trainer.global_rank)
+                                                     num_replicas=trainer.world_size, rank=trainer.global_rank,
+                                                     tag_epoch=self.augments)
         else:
-            sampler = EpochSeededSampler(dataset, seed=self.shuffle_seed)
+            sampler = EpochSeededSampler(dataset, seed=self.shuffle_seed, tag_epoch=self.augments)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,

@@ -53,20 +53,25 @@ class EpochSeededSampler(RandomSampler):
     #: epoch ``e``'s permutation is ``torch.randperm`` seeded with ``seed * SEED_STRIDE + e``
     SEED_STRIDE = 100_003
 
-    def __init__(self, data_source, *, seed: int = 0) -> None:
+    def __init__(self, data_source, *, seed: int = 0, tag_epoch: bool = False) -> None:
         super().__init__(data_source)
         self.seed = int(seed)
         self.epoch = 0
+        self.tag_epoch = tag_epoch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed * self.SEED_STRIDE + self.epoch)
-        return iter(torch.randperm(len(self.data_source), generator=g).tolist())
+        order = torch.randperm(len(self.data_source), generator=g)
+        if self.tag_epoch:  # epoch * N + index: the epoch reaches the dataset (and its workers)
+            order += self.epoch * len(self.data_source)
+        return iter(order.tolist())
 
     @classmethod
-    def distributed(cls, data_source, *, seed: int, num_replicas: int, rank: int) -> DistributedSampler:
+    def distributed(cls, data_source, *, seed: int, num_replicas: int, rank: int,
+                    tag_epoch: bool = False) -> DistributedSampler:
         """This order split over ``num_replicas`` processes: a ``DistributedSampler``.
 
         ``DistributedSampler(seed=s)`` draws epoch ``e``'s permutation with seed ``s + e``;
@@ -74,7 +79,15 @@ class EpochSeededSampler(RandomSampler):
         takes its entries ``r, r + num_replicas, ...``. So the union of the ranks' ``k``-th
         batches of size ``B`` is the ``k``-th batch of size ``B * num_replicas`` of a
         one-process run (up to the padding of the last batch when ``num_replicas`` does
-        not divide the data set).
+        not divide the data set). ``tag_epoch`` as in the one-process sampler.
         """
-        return DistributedSampler(data_source, num_replicas=num_replicas, rank=rank, shuffle=True,
+        return (_EpochTaggedDistributedSampler if tag_epoch else DistributedSampler)(data_source, num_replicas=num_replicas, rank=rank, shuffle=True,
                                   seed=int(seed) * cls.SEED_STRIDE, drop_last=False)
+
+
+class _EpochTaggedDistributedSampler(DistributedSampler):
+    """A ``DistributedSampler`` yielding ``epoch * N + index`` (see ``EpochSeededSampler``)."""
+
+    def __iter__(self) -> Iterator[int]:
+        offset = self.epoch * len(self.dataset)
+        return (offset + i for i in super().__iter__())

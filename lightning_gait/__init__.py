@@ -1,7 +1,7 @@
 """lightning-gait: GAIT-prop and its peers as PyTorch Lightning modules."""
 from .activations import ACTIVATIONS, Identity, InvertibleActivation, LeakyReLU, SmoothLeakyReLU, build_activation
 from .networks import InvertibleCNN, InvertibleMLP, LayerInverse, orthogonality_penalty
-from .rules import RULES, Backprop, FeedbackAlignment, GAITProp, LocalLearningRule, TargetProp
+from .rules import Backprop, FeedbackAlignment, GAITProp, LocalLearningRule, TargetProp
 from ._quiet import quiet_third_party_output
 from .targets import NonFiniteError, TargetTrace
 
@@ -27,5 +27,4 @@ __all__ = [
     "orthogonality_penalty",
     "NonFiniteError",
     "TargetTrace",
-    "RULES",
 ]

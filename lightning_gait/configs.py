@@ -187,7 +187,6 @@ def expand_config_args(args: Sequence[str]) -> List[str]:
     return out
 
 
-# ---------------------------------------------------------------------- Python composition
 # ---------------------------------------------------------------------- sizes from the data
 def import_class(class_path: str) -> type:
     module, _, name = class_path.rpartition(".")

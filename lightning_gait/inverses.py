@@ -15,8 +15,8 @@ for rows, and ``solve``/``solve_affine`` apply it to the layer's own tensor shap
   layer, kept across steps and corrected each step, so that every solve is a matrix
   product ``x = r M`` (``N n^2``, the cost of backprop's ``dL/da_{l-1}``) plus its
   correction. Weights move by about one learning rate per element per step, so last
-  step's ``M`` is off by ``E = I - W M`` with ``||E||_F`` about 1e-3 (Adam, lr 1.9e-5,
-  width 500); two corrections, both on by default, remove it:
+  step's ``M`` is off by a small ``E = I - W M``; two corrections, both on by default,
+  remove it:
 
   - ``newton_steps`` Newton-Schulz steps on ``M`` (each ``2 n^3``)::
 
@@ -31,10 +31,9 @@ for rows, and ``solve``/``solve_affine`` apply it to the layer's own tensor shap
   that jumped, e.g. a loaded checkpoint), ``M`` is recomputed exactly from an LU
   factorisation. ``refresh_every`` forces an exact recomputation every so many steps.
 
-  Documented bound (``benchmarks/README.md``): with the defaults, every layer's weight
-  update stays within 1e-6 relative of the exact-inverse update (measured: at most
-  4.7e-11 over a 500-step float64 CIFAR-10 run at width 500); one correction alone
-  (Newton-Schulz only) reaches 1.2e-5 and does not meet it. The cached inverse needs
+  Documented bound: with the defaults, every layer's weight update stays within 1e-6
+  relative of the exact-inverse update (``benchmarks/README.md`` has the measurements,
+  ``tests/maths/test_inverses.py`` checks it on a short run). The cached inverse needs
   ``target_mode="difference"`` (:class:`~lightning_gait.rules.gait.GAITProp` refuses it
   otherwise).
 
@@ -117,10 +116,6 @@ class InverseStrategy:
     def reset(self) -> None:
         """Forget any state kept across steps."""
 
-    def extra_state(self) -> Dict[str, float]:
-        """Numbers worth logging about the last call (empty by default)."""
-        return {}
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
@@ -156,9 +151,8 @@ class CachedInverse(InverseStrategy):
 
     The error of one solve is at most ``||E_used||_2^(refinements + 1)`` relative to
     ``||r|| ||W^-1||``, where ``E_used = I - W M`` for the ``M`` used in the solve; after
-    a Newton-Schulz step ``E_used = E^2`` with ``E`` this step's drift (``||E||_F``
-    between 6e-4 and 1.5e-3 for Adam at lr ``1.9e-5``, width 500, after the first steps;
-    measured in ``benchmarks/README.md``).
+    a Newton-Schulz step ``E_used = E^2`` with ``E`` this step's drift (its size in
+    training is in ``benchmarks/README.md``).
     """
 
     name = "cached"
@@ -205,9 +199,6 @@ class CachedInverse(InverseStrategy):
         self._singular.clear()
         self.exact_refreshes = 0
         self.last_residual = math.nan
-
-    def extra_state(self) -> Dict[str, float]:
-        return {"inverse/residual": self.last_residual, "inverse/exact_refreshes": float(self.exact_refreshes)}
 
     def __repr__(self) -> str:
         return (

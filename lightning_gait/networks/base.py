@@ -34,7 +34,6 @@ from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from ..activations import InvertibleActivation
 from .layers import MatrixView, layer_inverse, matrix_view
@@ -208,7 +207,3 @@ class InvertibleNetwork(nn.Module, ABC):
         for i, layer in enumerate(self.layers):
             a = self.activation_of(i)(layer(a if i == 0 else self.select_input(i, a)))
         return self.logits(a)
-
-    def output_loss(self, output: Tensor, y: Tensor, reduction: str = "sum") -> Tensor:
-        """Cross-entropy of the logits (the loss every rule minimises)."""
-        return F.cross_entropy(self.logits(output), y, reduction=reduction)

@@ -23,7 +23,6 @@ from typing import Callable, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..errors import SingularLayerError
 
 __all__ = [
     "MatrixView",
@@ -97,8 +96,7 @@ class LayerInverse:
     is true when the matrix is singular to working precision: its smallest LU pivot
     ``|U_ii|`` is at most ``n * eps`` times its largest (the rank tolerance of
     ``numpy.linalg.matrix_rank``, applied to the pivots). A rule reads it together with
-    its other checks; :meth:`check` raises :class:`~lightning_gait.errors.SingularLayerError`
-    at once.
+    its other checks.
     """
 
     def __init__(self, lu: Tensor, pivots: Tensor, view: Optional[MatrixView] = None) -> None:
@@ -138,16 +136,6 @@ class LayerInverse:
         ratio = low / high if high > 0 else 0.0
         return (f"its smallest LU pivot is {ratio:.1e} times its largest, at or below n * eps = "
                 f"{self.tolerance:.1e} (n = {self.lu.shape[-1]}, {str(self.lu.dtype).replace('torch.', '')})")
-
-    def check(self, where: str = "the layer") -> None:
-        """Raise :class:`~lightning_gait.errors.SingularLayerError` naming ``where`` if :attr:`singular`."""
-        if bool(self.singular):
-            raise SingularLayerError(f"{where} is singular to working precision: {self.describe_singularity()}; "
-                                     "its inverse would be meaningless")
-
-    @classmethod
-    def from_linear(cls, layer: nn.Linear) -> "LayerInverse":
-        return cls.from_view(matrix_view(layer))
 
     def solve_rows(self, r: Tensor) -> Tensor:
         """``X`` with ``X A^T = r`` for rows ``r`` of shape ``(M, n)``."""

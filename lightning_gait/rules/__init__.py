@@ -5,11 +5,4 @@ from .feedback_alignment import FeedbackAlignment
 from .gait import GAITProp
 from .target_prop import TargetProp
 
-RULES = {
-    "backprop": Backprop,
-    "gait": GAITProp,
-    "target_prop": TargetProp,
-    "feedback_alignment": FeedbackAlignment,
-}
-
-__all__ = ["LocalLearningRule", "LocalObjective", "Backprop", "GAITProp", "TargetProp", "FeedbackAlignment", "RULES"]
+__all__ = ["LocalLearningRule", "LocalObjective", "Backprop", "GAITProp", "TargetProp", "FeedbackAlignment"]

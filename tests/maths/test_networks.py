@@ -177,13 +177,13 @@ def test_narrow_width_is_fine_without_a_square_output():
 
 def test_solve_affine_takes_the_bias_off_the_rows_whatever_the_tensor_shape():
     """A dense layer on (N, L, n) input: the bias belongs to the last dimension, also when L == n."""
-    from lightning_gait.networks import LayerInverse
+    from lightning_gait.networks.layers import layer_inverse
 
     torch.manual_seed(0)
     layer = torch.nn.Linear(4, 4).double()
     x = torch.randn(2, 4, 4, dtype=torch.float64)
     with torch.no_grad():
-        recovered = LayerInverse.from_linear(layer).solve_affine(layer(x))
+        recovered = layer_inverse(layer).solve_affine(layer(x))
     torch.testing.assert_close(recovered, x, rtol=0, atol=1e-12)
 
 

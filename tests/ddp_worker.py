@@ -265,7 +265,8 @@ def run_scenario(name: str, out_dir: Path, *, devices: int, strategy: str) -> No
 
 
 def run_datamodule(cifar_dir: Path, out_dir: Path) -> None:
-    """Two epochs of Backprop on CIFAR-10 files through :class:`CIFAR10DataModule` under DDP.
+    """Two epochs of Backprop on CIFAR-10 files through :class:`CIFAR10DataModule` under DDP,
+    with random crops and flips.
 
     Each rank saves ``datamodule_rank{r}.pt`` (the batches it trained on, as uint8 rows
     recovered from the float64 inputs, and the sampler Lightning installed).
@@ -276,7 +277,7 @@ def run_datamodule(cifar_dir: Path, out_dir: Path) -> None:
 
     pl.seed_everything(SEED, verbose=False)
     dm = CIFAR10DataModule(data_dir=str(cifar_dir), download=False, verify_checksums=False,
-                           val_size=64, batch_size=32, shuffle_seed=7)
+                           val_size=64, batch_size=32, shuffle_seed=7, crop_padding=2, flip=True)
     torch.manual_seed(0)
     rule = Backprop(InvertibleMLP(3 * 32 * 32, 16, 2, 10, square_output=False))
     recorder = StepRecorder(out_dir / "datamodule_rank{rank}.pt")

@@ -260,7 +260,8 @@ def test_nan_on_one_rank_raises_on_every_rank(records):
 
 # ---------------------------------------------------------------------- the DataModule
 def test_datamodule_splits_its_own_order_over_the_ranks(records, tiny_cifar_root):
-    """Under DDP each rank gets every other sample of the one-process order of ``shuffle_seed``.
+    """Under DDP each rank gets every other sample of the one-process order of ``shuffle_seed``,
+    cropped and flipped as a one-process run crops and flips it.
 
     So the ranks' k-th batches (32 each) together are the k-th batch (64) of a one-process
     run, epoch after epoch; per epoch they are one pass over the training split.
@@ -268,8 +269,9 @@ def test_datamodule_splits_its_own_order_over_the_ranks(records, tiny_cifar_root
     from lightning_gait.data import CIFAR10DataModule, EpochSeededSampler
 
     r0, r1 = records["datamodule"]["ddp"]
-    assert r0["sampler"] == r1["sampler"] == "DistributedSampler"
-    dm = CIFAR10DataModule(data_dir=str(tiny_cifar_root), download=False, verify_checksums=False, val_size=64)
+    assert r0["sampler"] == r1["sampler"] and r0["sampler"].endswith("DistributedSampler")
+    dm = CIFAR10DataModule(data_dir=str(tiny_cifar_root), download=False, verify_checksums=False, val_size=64,
+                           shuffle_seed=7, crop_padding=2, flip=True)
     dm.setup("fit")
     images = dm.data_train.images
     steps_per_epoch = len(images) // 64  # two ranks of 32
@@ -279,13 +281,15 @@ def test_datamodule_splits_its_own_order_over_the_ranks(records, tiny_cifar_root
         sampler = EpochSeededSampler(dm.data_train, seed=7)  # the worker's shuffle_seed
         sampler.set_epoch(epoch)
         order = torch.tensor(list(sampler))
+        augmented, _ = dm.data_train.__getitems__((order + epoch * len(images)).tolist())  # one-process images
         orders.append(order)
         for k in range(steps_per_epoch):
             one_process_batch = order[k * 64:(k + 1) * 64]
             for r, rec in enumerate((r0, r1)):
                 x, _ = rec["batches"][epoch * steps_per_epoch + k]
                 pixels = torch.round(x * 255).to(torch.uint8)
-                assert torch.equal(pixels, images[one_process_batch[r::2]]), (epoch, k, r)
+                assert torch.equal(pixels, augmented[k * 64:(k + 1) * 64][r::2]), (epoch, k, r)
+                assert not torch.equal(pixels, images[one_process_batch[r::2]])  # cropped or flipped
         assert sorted(order.tolist()) == list(range(len(images)))
     assert not torch.equal(orders[0], orders[1]), "the order did not change between epochs"
     assert r0["metrics"]["train/loss_epoch"] == r1["metrics"]["train/loss_epoch"]

@@ -238,7 +238,8 @@ TINY_NET = ["--model.init_args.net.init_args.channels", "4"]
 CLI_CASES = {
     "bp": ["--config", "conv/bp"],
     "gait_norm": ["--config", "conv/gait_norm"],
-    "gait_norm_difference": ["--config", "conv/gait_norm", "--model.init_args.target_mode", "difference"],
+    "gait_norm_paper_form": ["--config", "conv/gait_norm", "--model.init_args.target_mode", "absolute",
+                             "--trainer.precision", "64-true"],
     "gait_smooth_norm": ["--config", "conv/gait_smooth_norm"],
     "tp": ["--config", "conv/tp"],
     "fa": ["--config", "conv/fa"],
@@ -263,7 +264,11 @@ def test_conv_configs_compose_from_the_base(tmp_path, monkeypatch):
         net = config["model"]["init_args"]["net"]
         assert net["class_path"] == "lightning_gait.InvertibleCNN"
         assert net["init_args"]["input_shape"] == [3, 32, 32] and net["init_args"]["num_classes"] == 10
-        assert config["trainer"]["precision"] == "64-true" and config["model"]["init_args"]["lr"] == 1e-4
+        # the CNN's settings (those of its reported curves): float32, lr 1e-3, inputs standardized per channel
+        assert config["trainer"]["precision"] == "32-true" and config["model"]["init_args"]["lr"] == 1e-3
+        assert config["data"]["init_args"]["normalize_channels"] and config["data"]["init_args"]["val_size"] == 5000
+        if config["model"]["class_path"] == "lightning_gait.GAITProp":
+            assert config["model"]["init_args"]["target_mode"] == "difference"
         assert config["trainer"]["logger"]["init_args"]["name"] == name.replace("/", "_")
 
 
@@ -278,7 +283,7 @@ def test_resume_continues_exactly(tiny_cifar_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     common = ["--config", "conv/gait_norm", *tiny_data_args(tiny_cifar_root), *TINY_NET,
               "--data.batch_size", "64", "--trainer.logger", "false", "--test_after_fit", "false",
-              "--model.init_args.lr", "1e-3"]
+              "--model.init_args.lr", "1e-3", "--trainer.precision", "64-true"]
     straight, first = tmp_path / "straight", tmp_path / "first"
     assert fit.main([*common, "--trainer.max_epochs", "2", "--trainer.default_root_dir", str(straight)]) == 0
     assert fit.main([*common, "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(first)]) == 0

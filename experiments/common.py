@@ -21,7 +21,8 @@ from typing import Dict, Iterator, List
 from lightning_gait.fit import CONF_DIR
 
 __all__ = ["CONF_DIR", "DEFAULT_DATA_DIR", "REGIMES", "label", "model_args", "net_args", "data_args",
-           "regime_cli", "build_regime", "check_data_dir", "close_figure"]
+           "regime_cli", "build_regime", "stack_args", "stack_cli", "resolved_config", "check_data_dir",
+           "close_figure"]
 
 #: default data folder, as the CLI's ``--data.data_dir`` (relative to the working directory)
 DEFAULT_DATA_DIR = "../shared/data"
@@ -130,6 +131,48 @@ def build_regime(name: str, *overrides: str, seed: int | None = None):
     precision converts it later, here ``rule.to(dtype)`` does).
     """
     return regime_cli(name, *overrides, seed=seed).model
+
+
+def stack_args(stack) -> List[str]:
+    """``["gait_norm", "variants/f32"]`` -> ``["--config", "gait_norm", "--config", "variants/f32"]``: a config
+    stack as ``fit`` takes it."""
+    return [arg for config in stack for arg in ("--config", str(config))]
+
+
+def stack_cli(stack, *overrides: str, seed: int | None = None):
+    """fit's LightningCLI of a config stack (``["tp", "variants/output_step_5e-2"]``) with ``overrides``,
+    parsed and instantiated, not run: as :func:`regime_cli`, for any stack of configs ``fit`` takes."""
+    from lightning_gait.fit import _build_cli
+
+    args = [*stack_args(stack), "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
+            "--trainer.callbacks", "[]"]
+    if seed is not None:
+        args += ["--seed_everything", str(seed)]
+    args += list(overrides)
+    with _quiet_lightning():
+        try:
+            return _build_cli(args)
+        except argparse.ArgumentError as err:
+            raise ValueError(f"stack {list(stack)}: invalid overrides {list(overrides)}: {err}") from None
+
+
+def resolved_config(args: List[str]) -> str:
+    """What ``python -m lightning_gait.fit ARGS --print_config`` prints (the resolved configuration, as
+    YAML), run in this process; ValueError with fit's message when fit does not accept ``args``."""
+    import contextlib
+    import io
+
+    from lightning_gait import fit
+
+    out, err = io.StringIO(), io.StringIO()
+    with _quiet_lightning(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = fit.main([*args, "--print_config"])
+        except SystemExit as stop:  # jsonargparse exits after printing
+            code = stop.code
+    if code not in (0, None):
+        raise ValueError(f"fit {' '.join(args)} --print_config: exit {code}: {err.getvalue().strip()}")
+    return out.getvalue()
 
 
 def check_data_dir(data_dir: str | Path) -> Path:

@@ -54,7 +54,6 @@ from pytorch_lightning.loggers import WandbLogger
 
 from .diagnostics import (
     ALIGNMENT_FAMILIES,
-    ORTHOGONALITY_FAMILIES,
     alignment_at_init,
     layer_key,
     orthogonality_metrics,
@@ -62,6 +61,7 @@ from .diagnostics import (
     target_metrics,
     warn_nonfinite,
 )
+from .families import DIAGNOSTICS
 from .targets import NonFiniteError
 
 __all__ = ["BPCorrelation", "TargetNorms", "Orthogonality", "DiagnosticCallback", "default_callbacks"]
@@ -89,7 +89,8 @@ class DiagnosticCallback(Callback):
         max_chart_points: at most this many steps per line chart (evenly subsampled).
     """
 
-    #: metric families drawn as one W&B line chart each
+    #: metric families drawn as one W&B line chart each (a declared diagnostic's
+    #: ``chart_families``, :mod:`lightning_gait.families`)
     chart_families: Tuple[str, ...] = ()
 
     def __init__(self, *, every_n_steps: int = 50, charts: bool = True, max_chart_points: int = 200) -> None:
@@ -212,7 +213,7 @@ class BPCorrelation(DiagnosticCallback):
         charts, max_chart_points: see :class:`DiagnosticCallback`.
     """
 
-    chart_families = ALIGNMENT_FAMILIES
+    chart_families = DIAGNOSTICS["alignment"].chart_families
 
     def __init__(
         self,
@@ -301,7 +302,7 @@ class TargetNorms(DiagnosticCallback):
     (Backprop, FA) log nothing (one warning).
     """
 
-    chart_families = ("target_norm", "gamma", "log10_multiplier")
+    chart_families = DIAGNOSTICS["targets"].chart_families
 
     def __init__(self, *, every_n_steps: int = 50, charts: bool = True, max_chart_points: int = 200) -> None:
         super().__init__(every_n_steps=every_n_steps, charts=charts, max_chart_points=max_chart_points)
@@ -344,7 +345,7 @@ class Orthogonality(DiagnosticCallback):
         condition: also log the condition number.
     """
 
-    chart_families = ORTHOGONALITY_FAMILIES
+    chart_families = DIAGNOSTICS["orthogonality"].chart_families
 
     def __init__(
         self, *, every_n_steps: int = 100, condition: bool = True, charts: bool = True, max_chart_points: int = 200

@@ -5,19 +5,19 @@ updated on every call with the same ``--name``). Sections:
 
 * accuracy and loss: train (per step and per epoch), validation, best validation, test,
   learning rate, skipped batches;
-* alignment with backprop: one line plot per family (``bp_corr``, ``bp_cos``,
-  ``bp_angle``, ``bp_norm_ratio``) with every layer on it, and a bar chart of each
-  layer's latest ``bp_corr``;
-* targets: one line plot per target family (norm, gamma, multiplier, with their ranges);
-* orthogonality: drift ``ortho`` and condition number ``cond`` per square layer, and the
-  orthogonality penalty;
+* one section per declared diagnostic (:data:`lightning_gait.families.DIAGNOSTICS`): a
+  line plot per metric family with every layer on it, plus what the declaration adds.
+  Shipped: alignment with backprop (``bp_corr``, ``bp_cos``, ``bp_angle``,
+  ``bp_norm_ratio``, and a bar chart of each layer's latest ``bp_corr``); targets (norm,
+  gamma, multiplier, with their ranges); orthogonality (drift ``ortho`` and condition
+  number ``cond`` per square layer, and the orthogonality penalty);
 * speed: epoch time, images per second, epochs done;
-* charts logged by the callbacks (closed): the custom charts of
-  :mod:`lightning_gait.callbacks`, built from the callbacks' own chart code.
+* charts logged by the callbacks (closed): the custom charts of each declared
+  diagnostic's callback, built from the callback's own chart code.
 
 Runs are grouped by their W&B group, which ``fit`` sets to the regime (the config name,
-see :mod:`lightning_gait.wandb_run`). The per-layer keys come from the family constants
-of :mod:`lightning_gait.diagnostics` and :func:`~lightning_gait.diagnostics.layer_key`, for
+see :mod:`lightning_gait.wandb_run`). The per-layer keys come from the declarations and
+:func:`~lightning_gait.diagnostics.layer_key`, for
 ``--layers N`` layers (7: the paper's 3072 -> 6 x 500 network) or as many as the network of
 ``--layers-from CONFIG`` has.
 
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import json
 import os
 import socket
@@ -36,15 +37,13 @@ import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 from urllib.parse import urlparse
 
-from .diagnostics import ALIGNMENT_FAMILIES, ORTHOGONALITY_FAMILIES, TARGET_FAMILIES, layer_key
+from .diagnostics import layer_key
+from .families import DIAGNOSTICS, Diagnostic, first_layer
 
 __all__ = ["X_AXIS", "CONDITIONAL_KEYS", "build_workspace", "describe", "layer_keys", "main"]
 
 #: the x axis of every line plot: Lightning's WandbLogger makes it the step metric of every key
 X_AXIS = "trainer/global_step"
-#: layers 2..L only: layer 1 maps the input to the width (not square, never inverted), so it
-#: has no orthogonality and forms no target below it (no gamma)
-FROM_SECOND_LAYER = ("gamma", "gamma_min", "gamma_max", *ORTHOGONALITY_FAMILIES)
 #: keys on the dashboard that a run logs only in some conditions
 CONDITIONAL_KEYS = {
     "time/images_per_s_global": "data-parallel runs only (all processes together)",
@@ -57,9 +56,9 @@ DEFAULT_LAYERS = 7
 
 
 def layer_keys(family: str, layers: int) -> List[str]:
-    """``family``'s keys for a network of ``layers`` layers (see :data:`FROM_SECOND_LAYER`)."""
-    first = 1 if family in FROM_SECOND_LAYER else 0
-    return [layer_key(family, i) for i in range(first, layers)]
+    """``family``'s keys for a network of ``layers`` layers (from layer 2 for a family that
+    layer 1 lacks, :func:`~lightning_gait.families.first_layer`)."""
+    return [layer_key(family, i) for i in range(first_layer(family) - 1, layers)]
 
 
 def _line(title: str, keys: Sequence[str], **kwargs) -> Tuple[str, dict]:
@@ -74,10 +73,12 @@ def _callback_charts(layers: int) -> List[Tuple[str, dict]]:
     """
     import wandb
 
-    from .callbacks import BPCorrelation, Orthogonality, TargetNorms
-
     panels = []
-    for callback in (BPCorrelation(), TargetNorms(), Orthogonality()):
+    for diagnostic in DIAGNOSTICS.values():
+        if not diagnostic.callback:
+            continue
+        module, _, name = diagnostic.callback.rpartition(".")
+        callback = getattr(importlib.import_module(module), name)()
         measured = {key: 0.5 for f in callback.chart_families for key in layer_keys(f, layers)}
         callback.history = [(0, measured), (1, measured)]
         for key, chart in callback.chart_payload(wandb).items():
@@ -108,14 +109,6 @@ def section_panels(layers: int) -> List[Tuple[str, bool, List[Tuple[str, dict]]]
         _line("learning rate", ["train/lr"]),
         _line("skipped batches (non-finite targets)", ["train/skipped_batches"]),
     ]
-    alignment = [_line(f"{family} per layer", layer_keys(family, layers)) for family in ALIGNMENT_FAMILIES]
-    alignment.append(("BarPlot", {"title": "bp_corr per layer (latest)", "metrics": layer_keys("bp_corr", layers),
-                                  "orientation": "v"}))
-    targets = [_line(f"{family} per layer", layer_keys(family, layers), log_y=family.startswith("gamma") or None)
-               for family in TARGET_FAMILIES]
-    orthogonality = [_line(f"{family} per layer", layer_keys(family, layers), log_y=family == "cond" or None)
-                     for family in ORTHOGONALITY_FAMILIES]
-    orthogonality.append(_line("orthogonality penalty", ["train/ortho_penalty"]))
     speed = [
         _line("epoch time (s)", ["time/epoch_s"]),
         _line("images per second", ["time/images_per_s", "time/images_per_s_global"]),
@@ -123,12 +116,23 @@ def section_panels(layers: int) -> List[Tuple[str, bool, List[Tuple[str, dict]]]
     ]
     return [
         ("accuracy and loss", True, accuracy),
-        ("alignment with backprop", True, alignment),
-        ("targets", True, targets),
-        ("orthogonality", True, orthogonality),
+        *[(d.section, True, diagnostic_panels(d, layers)) for d in DIAGNOSTICS.values()],
         ("speed", True, speed),
         ("charts logged by the callbacks", False, _callback_charts(layers)),
     ]
+
+
+def diagnostic_panels(diagnostic: Diagnostic, layers: int) -> List[Tuple[str, dict]]:
+    """A declared diagnostic's panels: a line plot per family (log y for ``scale="log"``),
+    the bar chart of ``latest_bar`` and the ``extra_lines``."""
+    panels = [_line(f"{family} per layer", layer_keys(family, layers), log_y=panel.scale == "log" or None)
+              for panel in diagnostic.panels for family in panel.families]
+    if diagnostic.latest_bar:
+        family = diagnostic.latest_bar
+        panels.append(("BarPlot", {"title": f"{family} per layer (latest)", "metrics": layer_keys(family, layers),
+                                   "orientation": "v"}))
+    panels += [_line(title, keys) for title, keys in diagnostic.extra_lines]
+    return panels
 
 
 def panel_keys(kind: str, args: dict) -> List[str]:

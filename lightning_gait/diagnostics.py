@@ -23,6 +23,9 @@ the training dtype (the inputs are converted, never the network):
 
 Metric names are the ones logged by :mod:`lightning_gait.callbacks`; layers are counted
 from 1 at the input (``layer_{k}``, ``k = index + 1``).
+
+Each diagnostic is declared once, in :mod:`lightning_gait.families` (its metric families,
+its figure and its dashboard section); the names are re-exported here.
 """
 from __future__ import annotations
 
@@ -34,7 +37,23 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .families import (
+    ALIGNMENT_FAMILIES,
+    DIAGNOSTICS,
+    ORTHOGONALITY_FAMILIES,
+    TARGET_FAMILIES,
+    Diagnostic,
+    Panel,
+    first_layer,
+    register_diagnostic,
+)
+
 __all__ = [
+    "Panel",
+    "Diagnostic",
+    "DIAGNOSTICS",
+    "register_diagnostic",
+    "first_layer",
     "ALIGNMENT_FAMILIES",
     "TARGET_FAMILIES",
     "ORTHOGONALITY_FAMILIES",
@@ -53,20 +72,6 @@ __all__ = [
     "summarize",
 ]
 
-#: metric families of :func:`alignment_metrics` (one scalar per layer each)
-ALIGNMENT_FAMILIES = ("bp_corr", "bp_cos", "bp_angle", "bp_norm_ratio")
-#: metric families of :func:`target_metrics`
-TARGET_FAMILIES = (
-    "target_norm",
-    "gamma",
-    "gamma_min",
-    "gamma_max",
-    "log10_multiplier",
-    "log10_multiplier_min",
-    "log10_multiplier_max",
-)
-#: metric families of :func:`orthogonality_metrics`
-ORTHOGONALITY_FAMILIES = ("ortho", "cond")
 
 GradientPairs = Sequence[Tuple[Tensor, Optional[Tensor]]]
 

@@ -6,16 +6,17 @@ holding one) or an offline W&B run (a folder holding ``run-*.wandb``, read by
 
 * ``accuracy.png``: training and validation accuracy and loss over steps (test accuracy
   as a dashed line);
-* ``bp_alignment.png``: per layer over training, ``bp_corr``, ``bp_cos``, ``bp_angle``
-  and ``bp_norm_ratio`` (:class:`~lightning_gait.callbacks.BPCorrelation`, which computes
-  them in float64 whatever the training dtype);
+* one figure per declared diagnostic (:data:`lightning_gait.families.DIAGNOSTICS`), a
+  panel per family, every layer on it: ``bp_alignment.png`` (``bp_corr``, ``bp_cos``,
+  ``bp_angle``, ``bp_norm_ratio``, from :class:`~lightning_gait.callbacks.BPCorrelation`,
+  in float64 whatever the training dtype), ``target_norms.png`` (``target_norm``,
+  ``gamma`` and the multiplier's log10 with their min-max bands, from
+  :class:`~lightning_gait.callbacks.TargetNorms`), ``orthogonality.png`` (``ortho`` and
+  ``cond`` per square layer, from :class:`~lightning_gait.callbacks.Orthogonality`), and
+  any diagnostic registered with :func:`~lightning_gait.families.register_diagnostic`;
 * ``bp_alignment_at_init.png``: per layer, mean and standard deviation over freshly
   initialised networks (``BPCorrelation(at_init=True)``, the paper's Fig. 2B; no shipped
-  config turns it on);
-* ``target_norms.png``: per layer ``target_norm``, ``gamma`` (min-max band) and the
-  multiplier's log10 range (:class:`~lightning_gait.callbacks.TargetNorms`);
-* ``orthogonality.png``: per square layer ``ortho`` and ``cond``
-  (:class:`~lightning_gait.callbacks.Orthogonality`).
+  config turns it on).
 
 Figures go to ``--out`` (default: a ``plots`` folder beside the input). Each figure the
 run's logs do not allow is skipped with one line saying which metric it needs and what
@@ -31,10 +32,12 @@ import math
 import re
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-__all__ = ["Series", "FIGURES", "load_run", "load_csv", "load_wandb", "layer_colour", "layer_count",
-           "plot_figures", "plot_run", "main"]
+from .families import DIAGNOSTICS, Diagnostic, Panel
+
+__all__ = ["Series", "figures", "load_run", "load_csv", "load_wandb", "layer_colour", "layer_count",
+           "plot_diagnostic", "plot_figures", "plot_run", "main"]
 
 #: ``key -> (steps, values)``, both lists in logging order, NaN kept
 Series = Dict[str, Tuple[List[float], List[float]]]
@@ -221,20 +224,6 @@ def plot_accuracy(series: Series, out: Path, title: str) -> Optional[Path]:
     return _save(fig, out / "accuracy.png")
 
 
-def plot_alignment(series: Series, out: Path, title: str) -> Optional[Path]:
-    import matplotlib.pyplot as plt
-
-    if not layer_series(series, "bp_corr"):
-        return None
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
-    _layer_panel(axes[0, 0], series, "bp_corr", title="Pearson correlation with backprop", ylabel="bp_corr", log=False)
-    _layer_panel(axes[0, 1], series, "bp_cos", title="cosine similarity with backprop", ylabel="bp_cos", log=False)
-    _layer_panel(axes[1, 0], series, "bp_angle", title="angle to backprop", ylabel="degrees", log=False)
-    _layer_panel(axes[1, 1], series, "bp_norm_ratio", title="||update|| / ||backprop||", ylabel="bp_norm_ratio")
-    fig.suptitle(f"{title}: alignment of each layer's update with backprop (computed in float64)")
-    return _save(fig, out / "bp_alignment.png")
-
-
 def plot_alignment_at_init(series: Series, out: Path, title: str) -> Optional[Path]:
     import matplotlib.pyplot as plt
 
@@ -259,7 +248,7 @@ def plot_alignment_at_init(series: Series, out: Path, title: str) -> Optional[Pa
     return _save(fig, out / "bp_alignment_at_init.png")
 
 
-def _band_panel(ax, series: Series, family: str, *, title: str, ylabel: str, log: bool) -> bool:
+def _band_panel(ax, series: Series, family: str, *, title: str, ylabel: str, log: Optional[bool] = None) -> bool:
     """Mean per layer as a line, ``{family}_min`` .. ``{family}_max`` as a band."""
     layers = layer_series(series, family)
     if not layers:
@@ -273,47 +262,61 @@ def _band_panel(ax, series: Series, family: str, *, title: str, ylabel: str, log
         ax.plot(steps, values, color=colour, label=f"layer {k}", marker="." if len(steps) < 30 else None)
         if k in low and k in high and low[k][0] == high[k][0]:
             ax.fill_between(low[k][0], low[k][1], high[k][1], color=colour, alpha=0.2, lw=0)
-    return _finish_layer_axes(ax, title, ylabel, log=log)
+    every = [v for _, _, values in layers for v in values]
+    return _finish_layer_axes(ax, title, ylabel, log=log if log is not None else _use_log(every))
 
 
-def plot_targets(series: Series, out: Path, title: str) -> Optional[Path]:
+def _panel_log(panel: Panel, series: Series) -> Optional[bool]:
+    """The y scale of ``panel``: ``"log"`` where every value is positive; ``None`` lets
+    :func:`_layer_panel` choose (log when positive values span more than a factor 100)."""
+    if panel.scale == "linear":
+        return False
+    if panel.scale == "log":
+        finite = [v for _, _, vs in layer_series(series, panel.family) for v in vs if math.isfinite(v)]
+        return bool(finite) and min(finite) > 0
+    return None
+
+
+def plot_diagnostic(diagnostic: Diagnostic, series: Series, out: Path, title: str) -> Optional[Path]:
+    """``diagnostic``'s figure, a panel per :class:`~lightning_gait.families.Panel` (None
+    when the run logged none of its families)."""
     import matplotlib.pyplot as plt
 
-    if not layer_series(series, "target_norm"):
+    panels = diagnostic.panels
+    if not any(layer_series(series, panel.family) for panel in panels):
         return None
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    _layer_panel(axes[0], series, "target_norm", title="||t - a|| (batch mean)", ylabel="target_norm")
-    gammas = [v for _, _, values in layer_series(series, "gamma") for v in values]
-    _band_panel(axes[1], series, "gamma", title="gamma used (mean, min-max band)", ylabel="gamma",
-                log=_use_log(gammas) or (bool(gammas) and min(gammas) > 0))
-    _band_panel(axes[2], series, "log10_multiplier", title="multiplier (mean, min-max band)",
-                ylabel="log10 multiplier", log=False)
-    fig.suptitle(f"{title}: targets")
-    return _save(fig, out / "target_norms.png")
+    cols = 2 if len(panels) == 4 else len(panels)
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4 * rows), squeeze=False)
+    for ax, panel in zip(axes.flat, panels):
+        draw = _band_panel if panel.band else _layer_panel
+        draw(ax, series, panel.family, title=panel.title, ylabel=panel.ylabel or panel.family,
+             log=_panel_log(panel, series))
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle(f"{title}: {diagnostic.title}")
+    return _save(fig, out / diagnostic.figure)
 
 
-def plot_orthogonality(series: Series, out: Path, title: str) -> Optional[Path]:
-    import matplotlib.pyplot as plt
-
-    if not layer_series(series, "ortho") and not layer_series(series, "cond"):
-        return None
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    _layer_panel(axes[0], series, "ortho", title="||W W^T - I||_F / sqrt(n)", ylabel="ortho")
-    _layer_panel(axes[1], series, "cond", title="condition number of W", ylabel="cond")
-    fig.suptitle(f"{title}: orthogonality of the square layers")
-    return _save(fig, out / "orthogonality.png")
+#: ``(function, file, the metric it needs, what logs that metric)``
+Figure = Tuple[Callable[[Series, Path, str], Optional[Path]], str, str, str]
 
 
-#: every figure: (function, file, the metric it needs, what logs that metric)
-FIGURES = (
-    (plot_accuracy, "accuracy.png", "train/acc, val/acc or a loss", "the rule itself, with any logger"),
-    (plot_alignment, "bp_alignment.png", "bp_corr/layer_k", "BPCorrelation, which every shipped config turns on"),
-    (plot_alignment_at_init, "bp_alignment_at_init.png", "bp_corr_init/layer_k",
-     "BPCorrelation(at_init=True), which no shipped config turns on"),
-    (plot_targets, "target_norms.png", "target_norm/layer_k", "TargetNorms, on in the GAIT-prop and TP configs"),
-    (plot_orthogonality, "orthogonality.png", "ortho/layer_k or cond/layer_k",
-     "Orthogonality, which every shipped config turns on"),
-)
+def _needs(diagnostic: Diagnostic) -> str:
+    keys = [f"{panel.family}/layer_k" for panel in diagnostic.panels]
+    return keys[0] if len(keys) == 1 else f"{', '.join(keys[:-1])} or {keys[-1]}"
+
+
+def figures() -> List[Figure]:
+    """Every figure, the declared diagnostics' as they are declared now."""
+    declared = [(lambda series, out, title, d=d: plot_diagnostic(d, series, out, title), d.figure, _needs(d),
+                 d.logged_by) for d in DIAGNOSTICS.values()]
+    return [
+        (plot_accuracy, "accuracy.png", "train/acc, val/acc or a loss", "the rule itself, with any logger"),
+        *declared,
+        (plot_alignment_at_init, "bp_alignment_at_init.png", "bp_corr_init/layer_k",
+         "BPCorrelation(at_init=True), which no shipped config turns on"),
+    ]
 
 
 def plot_figures(path: Union[str, Path], *, out: Optional[Union[str, Path]] = None) -> Tuple[List[Path], List[str]]:
@@ -326,7 +329,7 @@ def plot_figures(path: Union[str, Path], *, out: Optional[Union[str, Path]] = No
     out_dir.mkdir(parents=True, exist_ok=True)
     title = source.parent.name if kind == "wandb" else f"{source.parent.parent.name}/{source.parent.name}"
     written, skipped = [], []
-    for plot, name, needs, logged_by in FIGURES:
+    for plot, name, needs, logged_by in figures():
         result = plot(series, out_dir, title)
         if result is not None:
             written.append(result)

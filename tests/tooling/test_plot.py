@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_gait import GAITProp, InvertibleMLP, plot
 from lightning_gait.callbacks import BPCorrelation, Orthogonality, TargetNorms
+from lightning_gait.families import DIAGNOSTICS
 
 from conftest import REPO_ROOT
 FIGURES = {"accuracy.png", "bp_alignment.png", "bp_alignment_at_init.png", "target_norms.png", "orthogonality.png"}
@@ -122,10 +123,10 @@ def test_every_skipped_figure_is_named_with_its_reason(tmp_path):
     assert result.returncode == 0, result.stderr
     assert {Path(p).name for p in result.stdout.split()} == {"accuracy.png", "bp_alignment.png", "orthogonality.png"}
     assert result.stderr.splitlines() == [
+        "skipped target_norms.png: the run logged no target_norm/layer_k, gamma/layer_k or "
+        "log10_multiplier/layer_k (logged by TargetNorms, on in the GAIT-prop and TP configs)",
         "skipped bp_alignment_at_init.png: the run logged no bp_corr_init/layer_k "
         "(logged by BPCorrelation(at_init=True), which no shipped config turns on)",
-        "skipped target_norms.png: the run logged no target_norm/layer_k "
-        "(logged by TargetNorms, on in the GAIT-prop and TP configs)",
     ]
 
 
@@ -143,5 +144,5 @@ def test_the_alignment_figure_names_float64_as_the_computation_dtype(tmp_path, m
         return path
 
     monkeypatch.setattr(plot, "_save", keep_title)
-    plot.plot_alignment(_series_near_one(), tmp_path, "run")
+    plot.plot_diagnostic(DIAGNOSTICS["alignment"], _series_near_one(), tmp_path, "run")
     assert titles == ["run: alignment of each layer's update with backprop (computed in float64)"]

@@ -37,6 +37,7 @@ the best validation accuracy (:mod:`lightning_gait.wandb_run`).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import netrc
 import os
@@ -126,6 +127,30 @@ def fill_network_sizes(config) -> Dict[str, Any]:
     return {f"{where}.{key}": value for key, value in updates.items()}
 
 
+def resume_in_the_runs_folder(config, args: List[str]) -> Optional[Path]:
+    """Without a logger, a resumed run continues in the folder of its checkpoint.
+
+    With ``--trainer.logger false`` the run folder is ``default_root_dir``; a resume that
+    does not give one on the command line would write its continuation to the config's
+    (``outputs``) instead of beside the checkpoint it continues. For a checkpoint in
+    ``RUN/checkpoints/``, ``trainer.default_root_dir`` becomes ``RUN``; returns it (None
+    when nothing changed).
+    """
+    ckpt = config.get("ckpt_path")
+    if not ckpt or config.get("trainer.logger") is not False:
+        return None
+    if any(isinstance(a, str) and a.split("=", 1)[0] == "--trainer.default_root_dir" for a in args):
+        return None
+    path = Path(ckpt).expanduser().resolve()
+    if path.parent.name != "checkpoints":
+        return None
+    folder = path.parent.parent
+    if Path(str(config.get("trainer.default_root_dir") or ".")).resolve() == folder:
+        return None
+    config["trainer.default_root_dir"] = str(folder)
+    return folder
+
+
 def _build_cli(args):
     """fit's LightningCLI (``run=False``) for the command-line ``args``, configs expanded."""
     if isinstance(args, (list, tuple)):
@@ -188,6 +213,7 @@ def _build_cli(args):
                 err.parser = parser  # for the option names in _main's message
                 raise
             filled = fill_network_sizes(self.config)
+            resume_in_the_runs_folder(self.config, args)
             if printing is not None:  # parse again with the sizes given, to print (and exit)
                 parser.parse_args([*args, *(f"--{k}={json.dumps(v)}" for k, v in filled.items()), printing])
 
@@ -297,12 +323,53 @@ def _finish_wandb(exit_code: int, keep=None) -> None:
         wandb.finish(exit_code=exit_code)
 
 
+#: fit's exit code after SIGTERM (128 + the signal's number, as a shell reports a process it ended)
+EXIT_SIGTERM = 128 + 15
+#: the errors of a write that the user fixes with space or another folder
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _install_run_ends(trainer):
+    """Give ``trainer`` the checkpoint writer and callbacks of :mod:`lightning_gait.checkpointing`
+    (unless it has its own writer); returns the :class:`SaveOnSigterm` callback."""
+    from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+    from .checkpointing import AtomicCheckpointIO, ResumeCutEpoch, SaveOnSigterm
+
+    if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+        trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+    sigterm = next((cb for cb in trainer.callbacks if isinstance(cb, SaveOnSigterm)), None)
+    if sigterm is None:
+        sigterm = SaveOnSigterm()
+        trainer.callbacks.append(sigterm)
+    if not any(isinstance(cb, ResumeCutEpoch) for cb in trainer.callbacks):
+        trainer.callbacks.append(ResumeCutEpoch())
+    return sigterm
+
+
+def _check_precision_first(model, trainer) -> None:
+    """The rule's precision check (:class:`~lightning_gait.errors.PrecisionError`) before
+    anything is written: the W&B run, the folder and ``config.yaml`` come with ``fit``'s
+    setup, where the rule checks it again (and warns, so its warnings are held back here)."""
+    import warnings
+
+    check = getattr(model, "check_precision", None)
+    if check is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            check(str(trainer.precision))
+
+
 def _main(args=None) -> int:
     from pytorch_lightning.loggers import WandbLogger
 
     from ._quiet import FitStopMessage
     from .errors import NonFiniteError, UserError
-    from .runs import check_resume_checkpoint, refuse_another_runs_folder, resume_wandb_run
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    from .checkpointing import remove_stale_temporaries
+    from .runs import RunClaim, check_resume_checkpoint, checkpoint_folders, refuse_another_runs_folder
+    from .runs import resume_wandb_run, run_folders
     from .wandb_run import label_wandb_loggers, record_summary, regime_of
 
     argv = sys.argv[1:] if args is None else args
@@ -321,30 +388,49 @@ def _main(args=None) -> int:
         return 2
     config = cli.config
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
-    # W&B: the regime as group and tag, the package version and git commit in the config
-    if any(isinstance(logger, WandbLogger) for logger in trainer.loggers):
-        configure_wandb_mode()
-    label_wandb_loggers(trainer.loggers, regime_of(given, getattr(trainer.logger, "name", None)))
+    sigterm = _install_run_ends(trainer)
     try:
+        _check_precision_first(model, trainer)
+        # W&B: the regime as group and tag, the package version and git commit in the config
+        if any(isinstance(logger, WandbLogger) for logger in trainer.loggers):
+            configure_wandb_mode()
+        label_wandb_loggers(trainer.loggers, regime_of(given, getattr(trainer.logger, "name", None)))
         ckpt_path = config.get("ckpt_path")
         if ckpt_path:
             resume_wandb_run(trainer.loggers, check_resume_checkpoint(ckpt_path, model, str(trainer.precision)))
-        refuse_another_runs_folder(trainer, ckpt_path)
-        with FitStopMessage() as stop:
-            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-        summary = _fit_summary(trainer)
-        if stop.reason:
-            summary.insert(0, f"stopped: {stop.reason.replace('`', '').rstrip('.')}")
-        test_results = None
-        if config.get("test_after_fit", True) and not trainer.interrupted:
-            best = getattr(trainer.checkpoint_callback, "best_model_path", "")
-            test_results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        with RunClaim(run_folders(trainer) if trainer.is_global_zero else []):
+            refuse_another_runs_folder(trainer, ckpt_path)
+            for folder in checkpoint_folders(trainer) if trainer.is_global_zero else []:
+                for temp in remove_stale_temporaries(folder):
+                    print(f"removed {temp}: a checkpoint left half-written by a run that was killed", file=sys.stderr)
+            with FitStopMessage() as stop:
+                trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+            summary = _fit_summary(trainer)
+            if stop.reason:
+                summary.insert(0, f"stopped: {stop.reason.replace('`', '').rstrip('.')}")
+            test_results = None
+            if config.get("test_after_fit", True) and not trainer.interrupted:
+                best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+                test_results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    except SIGTERMException:
+        if trainer.is_global_zero:
+            saved = (f"saved {sigterm.saved}: resume with --ckpt_path {sigterm.saved}" if sigterm.saved
+                     else "nothing saved (no step trained yet, or checkpointing is off)")
+            print(f"stopped by SIGTERM at global step {trainer.global_step}; {saved}", file=sys.stderr)
+        return EXIT_SIGTERM
     except UserError as err:  # data, batch, split sizes, checkpoint, output folder, precision
         print(f"error: {err}", file=sys.stderr)
         return 2
     except NonFiniteError as err:
         print(f"error: training stopped: {err}", file=sys.stderr)
         return 3
+    except OSError as err:
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        where = f" {err.filename}" if err.filename else ""
+        print(f"error: cannot write{where}: {err.strerror or err}; free space or give an output folder that can be "
+              "written (--trainer.default_root_dir DIR)", file=sys.stderr)
+        return 2
     if trainer.is_global_zero:
         record_summary(trainer)
         for key, value in (test_results[0] if test_results else {}).items():

@@ -6,8 +6,14 @@ folder*: ``<save_dir>/<name>/<version>`` of its first logger (for the W&B logger
 ``<save_dir>/<name>``), or ``default_root_dir`` without a logger; the checkpoints go to
 its ``checkpoints/`` (Lightning's ``ModelCheckpoint`` rule).
 
+* :class:`RunClaim`: a run holds an exclusive lock on its folders (a ``.run.lock`` file,
+  ``flock``) from before it writes anything until it ends, so that a second run started
+  on the same folder, at once or while the first still runs (a resume too), is refused
+  instead of replacing its files. The kernel drops the lock when the process dies, even
+  by ``kill -9``: a stale lock file never blocks a later run.
 * :func:`refuse_another_runs_folder`: a run does not start in a folder that holds another
   run's checkpoints, unless it resumes one of them (``--ckpt_path`` in that folder).
+  Checked while holding the claim, so that no run can write in between.
 * :func:`check_resume_checkpoint`: the checkpoint to resume exists, reads completely, fits
   the model (parameter names and shapes) and was written in the trainer's precision.
 * :func:`resume_wandb_run`: a resumed run continues the W&B run (and so the folder) that
@@ -18,8 +24,11 @@ what to do.
 """
 from __future__ import annotations
 
+import os
+import socket
+import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
@@ -27,8 +36,11 @@ from .errors import CheckpointError, RunFolderError
 
 __all__ = [
     "CHECKPOINT_KEY",
+    "LOCK_NAME",
+    "RunClaim",
     "run_folder",
     "checkpoint_folders",
+    "run_folders",
     "refuse_another_runs_folder",
     "check_resume_checkpoint",
     "record_wandb_run",
@@ -79,6 +91,105 @@ def checkpoint_folders(trainer) -> List[Path]:
         if folder.resolve() not in [f.resolve() for f in folders]:
             folders.append(folder)
     return folders
+
+
+#: the lock file a running ``fit`` holds in each of its folders (removed when the run ends)
+LOCK_NAME = ".run.lock"
+
+
+class RunClaim:
+    """An exclusive claim on a run's folders for the life of a run: ``with RunClaim(folders):``.
+
+    Each folder gets a :data:`LOCK_NAME` file locked with ``flock(LOCK_EX | LOCK_NB)`` and
+    holding the owner's pid, host, start time and command line; a folder already locked
+    raises :class:`RunFolderError` naming that owner. The lock lives as long as the open
+    file: a process that dies (also by ``kill -9``) releases it, so a lock file left behind
+    is taken over, never obeyed. Leaving the block unlinks the files (and removes folders
+    the claim created, when still empty). Where ``fcntl`` is missing (Windows) no lock is
+    taken.
+    """
+
+    def __init__(self, folders: Sequence[Path]) -> None:
+        self.folders = _outermost(folders)
+        self._held: List[tuple] = []
+        self._created: List[Path] = []
+
+    def __enter__(self) -> "RunClaim":
+        try:
+            for folder in self.folders:
+                self._claim(folder)
+        except BaseException:
+            self.release()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def _claim(self, folder: Path) -> None:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover (Windows)
+            return
+        missing = [p for p in (folder, *folder.parents) if not p.exists()]
+        folder.mkdir(parents=True, exist_ok=True)
+        self._created += missing
+        path = folder / LOCK_NAME
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.read(fd, 4096).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                raise RunFolderError(
+                    f"{folder} is in use by a run still going ({owner}): wait for it to end (then resume it with "
+                    "--ckpt_path), or give this run its own folder (--trainer.default_root_dir DIR, or another "
+                    "logger name or version)") from None
+            try:  # the holder before us may have unlinked the file while we waited for it: lock the one on disk
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {started}".encode())
+        self._held.append((path, fd))
+
+    def release(self) -> None:
+        """Unlink and unlock every lock file held (idempotent)."""
+        while self._held:
+            path, fd = self._held.pop()
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            os.close(fd)
+        for folder in reversed(self._created):
+            try:
+                folder.rmdir()  # only when empty
+            except OSError:
+                pass
+        self._created = []
+
+
+def _outermost(folders: Sequence[Path]) -> List[Path]:
+    """``folders`` resolved, without those inside another of them (one lock covers those)."""
+    resolved = sorted({Path(f).resolve() for f in folders}, key=lambda p: len(p.parts))
+    kept: List[Path] = []
+    for folder in resolved:
+        if not any(folder == k or k in folder.parents for k in kept):
+            kept.append(folder)
+    return kept
+
+
+def run_folders(trainer) -> List[Path]:
+    """The folders this run writes to that are known before it starts: its run folder and its
+    checkpoint folders (a new W&B run's folder is named by its new id when it starts)."""
+    base = run_folder(trainer)
+    return ([base] if base is not None else []) + checkpoint_folders(trainer)
 
 
 def refuse_another_runs_folder(trainer, ckpt_path: Optional[str]) -> None:

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, SequentialSampler
 
 from ..errors import UserError
 from .augment import AugmentedImageDataset
-from .dataset import EpochSeededSampler, FlatImageDataset, collate_batch
+from .dataset import EpochSeededSampler, FlatImageDataset, ResumableLoader, collate_batch
 
 __all__ = ["ImageDataModule", "DataNotFoundError", "DataFormatError", "DataSplitError"]
 
@@ -334,7 +334,8 @@ class ImageDataModule(pl.LightningDataModule):
                                                      tag_epoch=self.augments)
         else:
             sampler = EpochSeededSampler(dataset, seed=self.shuffle_seed, tag_epoch=self.augments)
-        return DataLoader(
+        # the training loader resumes mid-epoch (after SIGTERM, or an epoch cut by max_steps) exactly
+        return (ResumableLoader if train else DataLoader)(
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,
@@ -363,7 +364,9 @@ class ImageDataModule(pl.LightningDataModule):
         The split depends on ``(val_size, split_seed)``, the training order on
         ``(shuffle_seed, epoch)``; Lightning restores the epoch from a checkpoint and
         passes it to the sampler's ``set_epoch``, so a run resumed from the end of an
-        epoch sees the batches an uninterrupted run would. (An empty state writes no
+        epoch sees the batches an uninterrupted run would; one resumed inside an epoch
+        continues with them too, through the training loader's own state
+        (:class:`~lightning_gait.data.dataset.ResumableLoader`). (An empty state writes no
         DataModule entry into checkpoints.)
         """
         return {}

@@ -1,13 +1,14 @@
-"""In-memory images and their training order: :class:`FlatImageDataset` and :class:`EpochSeededSampler`."""
+"""In-memory images and their training order: :class:`FlatImageDataset`, :class:`EpochSeededSampler`
+and :class:`ResumableLoader`."""
 from __future__ import annotations
 
-from typing import Iterator, Sequence, Tuple
+from typing import Any, Dict, Iterator, Sequence, Tuple
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
-__all__ = ["FlatImageDataset", "EpochSeededSampler"]
+__all__ = ["FlatImageDataset", "EpochSeededSampler", "ResumableLoader"]
 
 
 class FlatImageDataset(Dataset):
@@ -58,6 +59,8 @@ class EpochSeededSampler(RandomSampler):
         self.seed = int(seed)
         self.epoch = 0
         self.tag_epoch = tag_epoch
+        #: entries of the order to leave out at the start of the next iteration only (a resume mid-epoch)
+        self.start = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -67,7 +70,8 @@ class EpochSeededSampler(RandomSampler):
         order = torch.randperm(len(self.data_source), generator=g)
         if self.tag_epoch:  # epoch * N + index: the epoch reaches the dataset (and its workers)
             order += self.epoch * len(self.data_source)
-        return iter(order.tolist())
+        start, self.start = self.start, 0
+        return iter(order[start:].tolist())
 
     @classmethod
     def distributed(cls, data_source, *, seed: int, num_replicas: int, rank: int,
@@ -81,13 +85,54 @@ class EpochSeededSampler(RandomSampler):
         one-process run (up to the padding of the last batch when ``num_replicas`` does
         not divide the data set). ``tag_epoch`` as in the one-process sampler.
         """
-        return (_EpochTaggedDistributedSampler if tag_epoch else DistributedSampler)(data_source, num_replicas=num_replicas, rank=rank, shuffle=True,
-                                  seed=int(seed) * cls.SEED_STRIDE, drop_last=False)
+        return _SeededDistributedSampler(data_source, num_replicas=num_replicas, rank=rank, shuffle=True,
+                                         seed=int(seed) * cls.SEED_STRIDE, drop_last=False, tag_epoch=tag_epoch)
 
 
-class _EpochTaggedDistributedSampler(DistributedSampler):
-    """A ``DistributedSampler`` yielding ``epoch * N + index`` (see ``EpochSeededSampler``)."""
+class _SeededDistributedSampler(DistributedSampler):
+    """A ``DistributedSampler`` that can yield ``epoch * N + index`` (``tag_epoch``, as in
+    ``EpochSeededSampler``) and leave out the first ``start`` entries of one iteration."""
+
+    def __init__(self, *args, tag_epoch: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.tag_epoch = tag_epoch
+        self.start = 0
 
     def __iter__(self) -> Iterator[int]:
-        offset = self.epoch * len(self.dataset)
-        return (offset + i for i in super().__iter__())
+        offset = self.epoch * len(self.dataset) if self.tag_epoch else 0
+        start, self.start = self.start, 0
+        indices = list(super().__iter__())[start:]
+        return iter([offset + i for i in indices] if offset else indices)
+
+
+class ResumableLoader(DataLoader):
+    """A ``DataLoader`` that Lightning resumes in the middle of an epoch.
+
+    Lightning saves the ``state_dict`` of a training loader that has one in every
+    checkpoint, and gives it back to ``load_state_dict`` when a run restarts inside an
+    epoch (after SIGTERM, or an epoch cut short by ``max_steps``). The state is the epoch
+    being iterated and the batches served in it; the next iteration of that same epoch
+    skips them, so the resumed run draws the batches the uninterrupted one would have. The
+    sampler must be an :class:`EpochSeededSampler` (or its distributed form), whose order
+    depends only on the seed and the epoch.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._served = 0
+        self._resume: Dict[str, int] = {}
+
+    def __iter__(self):
+        skip = self._resume.get("served", 0) if self._resume.get("epoch") == self.sampler.epoch else 0
+        self._resume = {}
+        self.sampler.start = skip * self.batch_size
+        self._served = skip
+        for batch in super().__iter__():
+            self._served += 1
+            yield batch
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"epoch": int(self.sampler.epoch), "served": int(self._served)}
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        self._resume = {"epoch": int(state_dict["epoch"]), "served": int(state_dict["served"])}

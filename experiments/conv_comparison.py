@@ -1,209 +1,231 @@
-"""``python -m experiments.conv_comparison``: the invertible CNN against the paper's MLP.
+"""``python -m experiments.conv_comparison``: the invertible CNN's runs (experiment ``cnn``), from their CSVs.
 
-Reads, at one epoch ``N`` (the same for every run):
+Reads ``results/cnn/RUN_sSEED/metrics.csv`` (:mod:`experiments.curves`; the runs of
+``experiments/grids/cnn.yaml``) and compares, for each pair of :data:`PAIRS` (BP and GAIT-N on the same
+inputs, float32, lr 1e-3, penalty 100 for GAIT-N), at one epoch ``N``:
 
-* the CNN's runs from ``results/headline/`` (written by ``experiments.headline run`` and
-  ``sync``): BP (``conv_bp32_lr1e-3``) and GAIT-N (``conv_gait_norm_diff32_lr1e-3``, difference
-  form, penalty 100 as ``conf/conv/gait_norm.yaml``), both float32, lr 1e-3, the same seed
-  (``--bp`` and ``--gait`` name other runs, e.g. the lr 1e-4 pair ``conv_bp32`` and
-  ``conv_gait_norm_diff32``); where they have reached the epoch, also BP with GAIT-N's
-  penalty (``conv_bp32_ortho100_lr1e-3``) and the GAIT-N runs with other penalty weights
-  (``CONV_GAIT_PENALTIES``);
-* the MLP's runs of Fig. 2A from ``results/epochs20/training/`` (``experiments.training``,
-  float64, seed 0, evaluated every half epoch): BP (``bp.csv``) and GAIT-N (``gait_norm.csv``).
+* the test accuracy of BP, GAIT-N, BP with GAIT-N's penalty (the matched baseline, where the pair has
+  one) and GAIT-N with the other penalty weights (runs named ``GAIT+ortho_W``; the weight read from
+  each run's ``config.yaml``), those that have reached epoch ``N``;
+* the gaps (percentage points): BP minus GAIT-N; the matched baseline minus GAIT-N of the same weight;
+  and, averaged over epochs 1..N (a single epoch moves by 2-5 points at this constant learning rate),
+  BP minus the matched baseline (what the penalty costs backprop) and the matched baseline minus GAIT-N
+  (what the rule costs on top);
+* the largest orthogonality deviation ``||W W^T - I||_F / sqrt(n)`` over the inverted layers of each
+  run at epoch ``N`` (the last log at or before the epoch's end).
 
-and reports each one's test accuracy at epoch ``N``, the CNN GAIT-N's margin over the MLP's
-BP, and the GAIT-N-to-BP gap of each network. ``--write`` also writes
-``conv_epoch{N}.csv`` (one row per quantity) and ``conv_epoch{N}.png`` (test accuracy of
-every run; the CNN GAIT-N's per-layer ``1 - r``, r its correlation with backprop, computed in
-float64; the least aligned layer's ``1 - r`` at each penalty weight) into the results folder
-(``--stem`` names them otherwise)::
+It prints the rows and two markdown tables: the penalty weights over epochs 1-4 (accuracy, the least
+aligned hidden layer's correlation with backprop, layer 1's update norm against backprop's, the
+largest orthogonality deviation) and the standardized pair epoch by epoch. ``--write`` writes each
+pair's rows to ``results/cnn/{pair}_epoch{N}.csv`` (a ``source`` column naming the run folders
+each row comes from) and its figure ``{pair}_epoch{N}.png``: test accuracy of the pair's runs; the
+GAIT-N run's per-layer ``1 - r`` (r its correlation with backprop, computed in float64); the least
+aligned layer's ``1 - r`` at each penalty weight::
 
-    python -m experiments.headline run conv_bp32_lr1e-3 conv_gait_norm_diff32_lr1e-3 --seeds 0 --epochs 10
-    python -m experiments.headline sync
     python -m experiments.conv_comparison --epoch 10 --write
-    python -m experiments.conv_comparison --epoch 10 --bp conv_bp32_norm_lr1e-3 \\
-        --gait conv_gait_norm_diff32_norm_lr1e-3 --write --stem conv_norm_epoch10
+
+The comparison of these runs with the paper's MLP is withdrawn: they differ from the MLP's runs in
+preprocessing, precision and learning-rate selection (``results/README.md``); the fair table is
+:mod:`experiments.fair_table`.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from .headline import RESULTS_DIR, RUNS, read_epochs, run_id, write_summary
+from .curves import RESULTS_DIR, RunResult, grid_spec, runs
+from .headline import write_summary
 
-MLP_DIR = Path("results/epochs20/training")
-#: the CNN's runs compared (names in ``experiments.headline.RUNS``)
-CONV_BP, CONV_GAIT = "conv_bp32_lr1e-3", "conv_gait_norm_diff32_lr1e-3"
-#: BP on the CNN with GAIT-N's orthogonality penalty (compared once it has reached the epoch)
-CONV_MATCHED = "conv_bp32_ortho100_lr1e-3"
-#: the orthogonality weight of ``CONV_MATCHED``
-CONV_MATCHED_WEIGHT = 100.0
-#: the CNN's GAIT-N runs that differ only in the orthogonality penalty's weight (run -> weight);
-#: those other than the compared GAIT-N run are reported once they have reached the epoch
-CONV_GAIT_PENALTIES: Dict[str, float] = {
-    "conv_gait_norm_diff32_lr1e-3": 100.0,
-    "conv_gait_norm_diff32_ortho10_lr1e-3": 10.0,
-    "conv_gait_norm_diff32_ortho1_lr1e-3": 1.0,
+FOLDER = RESULTS_DIR / "cnn"
+#: pair -> (BP run, GAIT-N run, BP run with GAIT-N's penalty or None): runs of experiments/grids/cnn.yaml
+PAIRS: Dict[str, tuple] = {
+    "pixels": ("conv-bp+pixels", "conv-gait_norm+pixels", "conv-bp+pixels+ortho_100"),
+    "standardized": ("conv-bp", "conv-gait_norm", None),
 }
+#: the learning-rate check: the CNN's BP at lr 1e-4 against lr 1e-3 (pixels in [0, 1])
+LR_RUNS = ("conv-bp+pixels+lr_1e-4", "conv-bp+pixels")
 
 
-def mlp_accuracy(path: Path) -> Dict[int, float]:
-    """Test accuracy at each whole epoch of an ``experiments.training`` CSV (``epoch`` may be
-    fractional there: the run is evaluated every half epoch)."""
-    out: Dict[int, float] = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            epoch = float(row["epoch"])
-            if epoch >= 1 and epoch == int(epoch):
-                out[int(epoch)] = float(row["test_acc"])
+def _run(folder: Path, name: str, seed: int) -> Optional[RunResult]:
+    found = runs(folder, [name])
+    return next((r for r in found if r.seed == seed), None)
+
+
+def ortho_weight(run: RunResult) -> float:
+    return float(run.config()["model"]["init_args"]["ortho_weight"])
+
+
+def penalty_runs(folder: Path, gait: str, seed: int = 0) -> Dict[str, float]:
+    """``{run: orthogonality weight}`` of the GAIT-N run ``gait`` and its ``gait+ortho_W`` variants."""
+    out = {}
+    for run in runs(folder):
+        if run.seed == seed and (run.name == gait or run.name.startswith(gait + "+ortho_")):
+            out[run.name] = ortho_weight(run)
     return out
 
 
-def _at(curve: Dict[int, float], epoch: int, what: str) -> float:
-    if epoch not in curve:
-        done = max(curve) if curve else 0
-        raise LookupError(f"{what} has no test accuracy at epoch {epoch} (it has {done} epochs)")
-    return curve[epoch]
+def hidden_layers(epoch: Dict[str, float]) -> List[str]:
+    """The ``bp_corr/layer_k`` keys of an epoch but the output layer's (r = 1 by construction)."""
+    keys = sorted((k for k in epoch if k.startswith("bp_corr/layer_")), key=lambda k: int(k.rsplit("_", 1)[1]))
+    return keys[:-1]
 
 
-def _test_acc(path: Path) -> Dict[int, float]:
-    """Test accuracy at each finished epoch of a run's synced CSV (empty if there is no CSV)."""
-    return {e["epoch"]: e["test_acc"] for e in read_epochs(path)} if path.is_file() else {}
+def least_aligned(epoch: Dict[str, float]) -> float:
+    keys = hidden_layers(epoch)
+    return min(epoch[k] for k in keys) if keys else math.nan
 
 
-def penalty_key(weight: float) -> str:
-    """The quantity prefix of a GAIT-N run with orthogonality weight ``weight``."""
-    return f"cnn_gait_n_ortho{weight:g}"
+def largest_ortho(epoch: Dict[str, float]) -> float:
+    values = [v for k, v in epoch.items() if k.startswith("ortho/")]
+    return max(values) if values else math.nan
 
 
-def compare(epoch: int, *, results: Path = RESULTS_DIR, mlp: Path = MLP_DIR, seed: int = 0,
-            conv_bp: str = CONV_BP, conv_gait: str = CONV_GAIT,
-            conv_matched: Optional[str] = CONV_MATCHED,
-            penalties: Optional[Dict[str, float]] = None) -> List[Dict[str, object]]:
-    """Rows ``(quantity, epoch, value_pp, source)``: the test accuracies at ``epoch`` (%),
-    then the CNN GAIT-N's margin over the MLP's BP and the GAIT-N-to-BP gaps (percentage
-    points; a gap is BP minus GAIT-N). The CNN's matched baseline ``conv_matched`` (BP with
-    penalty ``CONV_MATCHED_WEIGHT``) is included when its CSV has reached ``epoch``, with its
-    gap to the GAIT-N run of ``penalties`` with that weight, and so is each GAIT-N
-    run of ``penalties`` (run -> orthogonality weight; default :data:`CONV_GAIT_PENALTIES`)
-    other than ``conv_gait``, as ``cnn_gait_n_ortho{weight}_test_acc`` with its margin over
-    the MLP's BP and its gap to the CNN's BP. Raises ``LookupError`` naming one of the
-    other runs that has not reached ``epoch``."""
-    sources = {
-        "cnn_bp": results / f"{run_id(conv_bp, seed)}.csv",
-        "cnn_gait_n": results / f"{run_id(conv_gait, seed)}.csv",
-        "mlp_bp": mlp / "bp.csv",
-        "mlp_gait_n": mlp / "gait_norm.csv",
-    }
-    for key, path in sources.items():
-        if not path.is_file():
-            raise LookupError(f"{key}: {path} does not exist")
-    curves = {key: _test_acc(sources[key]) for key in ("cnn_bp", "cnn_gait_n")}
-    weights = CONV_GAIT_PENALTIES if penalties is None else penalties
-    optional = [] if conv_matched is None else [("cnn_bp_matched", conv_matched)]
-    optional += [(penalty_key(weight), name) for name, weight in weights.items() if name != conv_gait]
-    for key, name in optional:  # included once they have reached the epoch
-        path = results / f"{run_id(name, seed)}.csv"
-        curve = _test_acc(path)
-        if epoch in curve:
-            sources[key], curves[key] = path, curve
-    variants = [key for key, _ in optional if key in curves and key != "cnn_bp_matched"]
-    cnn = list(curves)
-    acc = {key: 100 * _at(curves[key], epoch, str(sources[key])) for key in cnn}
-    acc.update({key: 100 * _at(mlp_accuracy(sources[key]), epoch, str(sources[key]))
-                for key in ("mlp_bp", "mlp_gait_n")})
-    rows: List[Dict[str, object]] = [
-        {"quantity": f"{key}_test_acc", "epoch": epoch, "value_pp": acc[key], "source": str(sources[key])}
-        for key in (*cnn, "mlp_bp", "mlp_gait_n")
-    ]
-    derived = {
-        "cnn_gait_n_minus_mlp_bp": acc["cnn_gait_n"] - acc["mlp_bp"],
-        "cnn_gap_bp_minus_gait_n": acc["cnn_bp"] - acc["cnn_gait_n"],
-        "mlp_gap_bp_minus_gait_n": acc["mlp_bp"] - acc["mlp_gait_n"],
-    }
-    same_weight = "cnn_gait_n" if weights.get(conv_gait) == CONV_MATCHED_WEIGHT else penalty_key(CONV_MATCHED_WEIGHT)
-    if "cnn_bp_matched" in acc and same_weight in acc:
-        derived["cnn_gap_matched_bp_minus_gait_n"] = acc["cnn_bp_matched"] - acc[same_weight]
-    for key in variants:
-        derived[f"{key}_minus_mlp_bp"] = acc[key] - acc["mlp_bp"]
-        derived[f"cnn_gap_bp_minus_{key[len('cnn_'):]}"] = acc["cnn_bp"] - acc[key]
-    rows += [{"quantity": key, "epoch": epoch, "value_pp": value, "source": "derived"}
-             for key, value in derived.items()]
+def compare(epoch: int, *, folder: Path = FOLDER, pair: str = "pixels", seed: int = 0) -> List[Dict[str, object]]:
+    """Rows ``(quantity, epoch, value, source)`` for ``pair`` at ``epoch`` (accuracies and gaps in
+    percentage points; ``source``: the run folders, ``;``-separated). Raises ``LookupError`` when the
+    pair's BP or GAIT-N run is missing or short of ``epoch``; the others join once they reach it."""
+    bp_name, gait_name, matched_name = PAIRS[pair]
+    curves: Dict[str, List[Dict[str, float]]] = {}
+    folders: Dict[str, str] = {}
+    weights = penalty_runs(folder, gait_name, seed)
+    keys = {"cnn_bp": bp_name, "cnn_gait_n": gait_name}
+    if matched_name:
+        keys["cnn_bp_matched"] = matched_name
+    for name, weight in weights.items():
+        if name != gait_name:
+            keys[f"cnn_gait_n_ortho{weight:g}"] = name
+    for key, name in keys.items():
+        run = _run(folder, name, seed)
+        epochs = [e for e in run.epochs() if e["epoch"] <= epoch] if run else []
+        if key in ("cnn_bp", "cnn_gait_n") and (run is None or len(epochs) < epoch or "test_acc" not in epochs[-1]):
+            done = len(epochs)
+            raise LookupError(f"{folder / f'{name}_s{seed}'} has no test accuracy at epoch {epoch} (it has {done} epochs)"
+                              if run else f"{folder / f'{name}_s{seed}'}: no such run")
+        if run is not None and len(epochs) >= epoch:
+            curves[key], folders[key] = epochs, str(run.folder)
+    acc = {key: 100 * c[epoch - 1]["test_acc"] for key, c in curves.items()}
+    rows: List[Dict[str, object]] = [{"quantity": f"{k}_test_acc", "epoch": epoch, "value": acc[k], "source": folders[k]}
+                                     for k in curves]
+
+    def derived(quantity: str, value: float, *sources: str) -> None:
+        rows.append({"quantity": quantity, "epoch": epoch, "value": value,
+                     "source": ";".join(folders[s] for s in sources)})
+
+    derived("cnn_gap_bp_minus_gait_n", acc["cnn_bp"] - acc["cnn_gait_n"], "cnn_bp", "cnn_gait_n")
+    if "cnn_bp_matched" in curves:
+        same = "cnn_gait_n" if weights.get(gait_name) == 100.0 else "cnn_gait_n_ortho100"
+        if same in acc:
+            derived("cnn_gap_matched_bp_minus_gait_n", acc["cnn_bp_matched"] - acc[same], "cnn_bp_matched", same)
+        mean = lambda a, b: sum(100 * (x["test_acc"] - y["test_acc"]) for x, y in zip(curves[a], curves[b])) / epoch  # noqa: E731
+        derived(f"cnn_mean_gap_epochs1_{epoch}_bp_minus_matched_bp", mean("cnn_bp", "cnn_bp_matched"), "cnn_bp", "cnn_bp_matched")
+        derived(f"cnn_mean_gap_epochs1_{epoch}_matched_bp_minus_gait_n", mean("cnn_bp_matched", "cnn_gait_n"),
+                "cnn_bp_matched", "cnn_gait_n")
+    for key in curves:
+        if key.startswith("cnn_gait_n_ortho"):
+            derived(f"cnn_gap_bp_minus_{key[len('cnn_'):]}", acc["cnn_bp"] - acc[key], "cnn_bp", key)
+    for key, c in curves.items():
+        derived(f"{key}_largest_ortho_dev", largest_ortho(c[epoch - 1]), key)
+    if pair != "pixels":  # what the pair's inputs change, against the same rules on pixels in [0, 1]
+        for key, name in (("cnn_bp", PAIRS["pixels"][0]), ("cnn_gait_n", PAIRS["pixels"][1])):
+            run = _run(folder, name, seed)
+            other = [e for e in run.epochs() if e["epoch"] <= epoch] if run else []
+            if len(other) >= epoch:
+                rows.append({"quantity": f"{key}_mean_gain_epochs1_{epoch}_over_pixels", "epoch": epoch,
+                             "value": sum(100 * (a["test_acc"] - b["test_acc"]) for a, b in zip(curves[key], other)) / epoch,
+                             "source": f"{folders[key]};{run.folder}"})
     return rows
 
 
 def format_rows(rows: Sequence[Dict[str, object]]) -> str:
-    return "\n".join(f"{r['quantity']:26s} epoch {r['epoch']:3d}  {r['value_pp']:7.2f}  ({r['source']})"
-                     for r in rows)
+    return "\n".join(f"{r['quantity']:48s} epoch {r['epoch']:3d}  {r['value']:9.4f}  ({r['source']})" for r in rows)
 
 
-def _hidden_layers(epochs: Sequence[Dict[str, float]]) -> List[str]:
-    """The ``bp_corr/layer_k`` keys of a run but the output layer's (r = 1 by construction)."""
-    return sorted({k for e in epochs for k in e if k.startswith("bp_corr/layer_")},
-                  key=lambda k: int(k.rsplit("_", 1)[1]))[:-1]
+def penalty_table(folder: Path = FOLDER, *, gait: str = PAIRS["pixels"][1], epochs: int = 4, seed: int = 0) -> str:
+    """Markdown: per penalty weight (largest first), epochs run, test accuracy at epochs 1..``epochs``,
+    the least aligned hidden layer's r at epoch ``epochs`` (and its lowest over epochs 1..``epochs``),
+    layer 1's update norm over backprop's and the largest orthogonality deviation at ``epochs``."""
+    weights = penalty_runs(folder, gait, seed)
+    lines = ["| penalty weight | epochs run | " + " | ".join(f"test acc % epoch {e}" for e in range(1, epochs + 1))
+             + f" | least aligned hidden layer r, epoch {epochs} (lowest over epochs 1-{epochs}) | "
+             f"layer-1 update norm / BP's, epoch {epochs} | largest ortho dev, epoch {epochs} |",
+             "|---|---|" + "---|" * epochs + "---|---|---|"]
+    for name, weight in sorted(weights.items(), key=lambda kv: -kv[1]):
+        curve = _run(folder, name, seed).epochs()
+        if len(curve) < epochs:
+            continue
+        last = curve[epochs - 1]
+        lowest = min(least_aligned(e) for e in curve[:epochs])
+        lines.append(f"| {weight:g} | {len(curve)} | " + " | ".join(f"{100 * e['test_acc']:.2f}" for e in curve[:epochs])
+                     + f" | {least_aligned(last):.4f} ({lowest:.4f}) | {last.get('bp_norm_ratio/layer_1', math.nan):.2f}"
+                     f" | {largest_ortho(last):.4f} |")
+    return "\n".join(lines)
 
 
-def plot(epoch: int, path: Path, *, results: Path = RESULTS_DIR, mlp: Path = MLP_DIR, seed: int = 0,
-         conv_bp: str = CONV_BP, conv_gait: str = CONV_GAIT, conv_matched: Optional[str] = CONV_MATCHED,
-         penalties: Optional[Dict[str, float]] = None) -> Path:
-    """Left: test accuracy of the runs of :func:`compare`, epochs 1..``epoch``. Middle: ``1 - r``
-    per layer of the CNN's GAIT-N run at each epoch's end (log axis; one colour per layer;
-    the output layer, whose update is backprop's by construction, left out). Right: the
-    worst layer's ``1 - r`` of each GAIT-N run of ``penalties`` (the orthogonality weight's
-    effect on the equality with backprop)."""
+def pair_table(folder: Path = FOLDER, *, pair: str = "standardized", epochs: int = 10, seed: int = 0) -> str:
+    """Markdown: the pair epoch by epoch: BP, GAIT-N, their gap, GAIT-N's least aligned hidden layer."""
+    bp_name, gait_name, _ = PAIRS[pair]
+    bp, gait = (_run(folder, n, seed) for n in (bp_name, gait_name))
+    if bp is None or gait is None:
+        return ""
+    lines = [f"| epoch | CNN BP | CNN GAIT-N | gap (BP - GAIT-N) | GAIT-N least aligned hidden layer r |",
+             "|---|---|---|---|---|"]
+    for b, g in list(zip(bp.epochs(), gait.epochs()))[:epochs]:
+        lines.append(f"| {b['epoch']} | {100 * b['test_acc']:.2f} | {100 * g['test_acc']:.2f} | "
+                     f"{100 * (b['test_acc'] - g['test_acc']):.2f} | {least_aligned(g):.4f} |")
+    return "\n".join(lines)
+
+
+def plot(epoch: int, path: Path, *, folder: Path = FOLDER, pair: str = "pixels", seed: int = 0) -> Path:
+    """Left: test accuracy of the pair's runs and the penalty runs, epochs 1..``epoch``. Middle: ``1 - r``
+    per hidden layer of the pair's GAIT-N run (log axis). Right: the least aligned hidden layer's
+    ``1 - r`` of each GAIT-N run by penalty weight."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    penalties = CONV_GAIT_PENALTIES if penalties is None else penalties
-    variants = [name for name in penalties if name != conv_gait]
-    fig, (ax_acc, ax_corr, ax_worst) = plt.subplots(1, 3, figsize=(17, 4.6))
-    cnn = {name: [e for e in read_epochs(results / f"{run_id(name, seed)}.csv") if e["epoch"] <= epoch]
-           for name in (conv_bp, conv_gait, conv_matched, *variants)
-           if name is not None and (results / f"{run_id(name, seed)}.csv").is_file()}
+    labels = grid_spec("cnn").get("labels", {})
+    bp_name, gait_name, matched_name = PAIRS[pair]
+    weights = penalty_runs(folder, gait_name, seed)
+    others = [n for n in sorted(weights, key=lambda n: -weights[n]) if n != gait_name]
+    names = [n for n in (bp_name, gait_name, matched_name, *others) if n]
+    curves = {}
+    for name in names:
+        run = _run(folder, name, seed)
+        if run is not None:
+            curves[name] = [e for e in run.epochs() if e["epoch"] <= epoch and "test_acc" in e]
     oranges = plt.get_cmap("autumn")
-    styles = [(conv_bp, "tab:blue"), (conv_gait, "tab:red"), (conv_matched, "tab:purple")]
-    styles += [(name, oranges(0.35 + 0.4 * i / max(1, len(variants) - 1))) for i, name in enumerate(variants)]
-    for name, colour in styles:
-        if not cnn.get(name):  # absent, or no finished epoch yet
-            continue
-        ax_acc.plot([e["epoch"] for e in cnn[name]], [100 * e["test_acc"] for e in cnn[name]], "-o", ms=3,
-                    color=colour, label=f"CNN: {RUNS[name][2]}")
-    for file, label, colour in (("bp.csv", "MLP: BP, float64 (results/epochs20)", "tab:blue"),
-                                ("gait_norm.csv", "MLP: GAIT-N, paper form, float64 (results/epochs20)", "tab:red")):
-        curve = sorted((e, a) for e, a in mlp_accuracy(mlp / file).items() if e <= epoch)
-        ax_acc.plot(*zip(*[(e, 100 * a) for e, a in curve]), "--", color=colour, label=label)
+    colours = {bp_name: "tab:blue", gait_name: "tab:red", matched_name: "tab:purple"}
+    colours.update({n: oranges(0.35 + 0.4 * i / max(1, len(others) - 1)) for i, n in enumerate(others)})
+    fig, (ax_acc, ax_corr, ax_worst) = plt.subplots(1, 3, figsize=(17, 4.6))
+    for name in names:
+        if curves.get(name):
+            ax_acc.plot([e["epoch"] for e in curves[name]], [100 * e["test_acc"] for e in curves[name]], "-o", ms=3,
+                        color=colours[name], label=labels.get(name, name))
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("test accuracy (%)")
-    low = min(min(line.get_ydata()) for line in ax_acc.get_lines())
-    ax_acc.set_ylim(bottom=low - 4 * len(ax_acc.get_lines()))  # room for the legend below the curves
-    ax_acc.legend(fontsize=6.5, loc="lower right")
-    layers = _hidden_layers(cnn[conv_gait])
+    ax_acc.legend(fontsize=7, loc="lower right")
+    gait_curve = curves.get(gait_name, [])
+    layers = hidden_layers(gait_curve[-1]) if gait_curve else []
     palette = plt.get_cmap("viridis")
     for i, key in enumerate(layers):
-        points = [(e["epoch"], max(1.0 - e[key], 1e-12)) for e in cnn[conv_gait] if key in e]
+        points = [(e["epoch"], max(1.0 - e[key], 1e-12)) for e in gait_curve if key in e]
         if points:
             ax_corr.plot(*zip(*points), "-o", ms=3, color=palette(i / max(1, len(layers) - 1)),
                          label=key.replace("bp_corr/", "").replace("_", " "))
     ax_corr.set_yscale("log")
     ax_corr.set_xlabel("epoch")
     ax_corr.set_ylabel("1 - correlation with backprop (float64)\nCNN GAIT-N, output layer left out")
-    ax_corr.set_title(RUNS[conv_gait][2], fontsize=8)
-    ax_corr.legend(fontsize=7, ncol=2)
-    for name, colour in styles:
-        if name not in cnn or name not in penalties:
-            continue
-        hidden = _hidden_layers(cnn[name])
-        points = [(e["epoch"], max(1.0 - min(e[k] for k in hidden), 1e-12))
-                  for e in cnn[name] if hidden and all(k in e for k in hidden)]
+    ax_corr.set_title(labels.get(gait_name, gait_name), fontsize=8)
+    if layers:
+        ax_corr.legend(fontsize=7, ncol=2)
+    for name in (gait_name, *others):
+        points = [(e["epoch"], max(1.0 - least_aligned(e), 1e-12)) for e in curves.get(name, []) if hidden_layers(e)]
         if points:
-            ax_worst.plot(*zip(*points), "-o", ms=3, color=colour, label=f"penalty {penalties[name]:g}")
+            ax_worst.plot(*zip(*points), "-o", ms=3, color=colours[name], label=f"penalty {weights[name]:g}")
     ax_worst.set_yscale("log")
     ax_worst.set_xlabel("epoch")
     ax_worst.set_ylabel("1 - r of the least aligned hidden layer (float64)")
@@ -212,7 +234,7 @@ def plot(epoch: int, path: Path, *, results: Path = RESULTS_DIR, mlp: Path = MLP
         ax_worst.legend(fontsize=7)
     for a in (ax_acc, ax_corr, ax_worst):
         a.grid(alpha=0.3)
-    fig.suptitle(f"CIFAR-10: the invertible CNN (seed {seed}) against the paper's MLP", fontsize=10)
+    fig.suptitle(f"CIFAR-10: the invertible CNN, inputs {pair}, float32, lr 1e-3, seed {seed}", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -224,31 +246,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.conv_comparison", description=__doc__.split("\n")[0])
     parser.add_argument("--epoch", type=int, default=10, help="compare every run at this epoch (default 10)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--bp", default=CONV_BP, choices=[n for n in RUNS if n.startswith("conv_")],
-                        help=f"the CNN's BP run (default {CONV_BP})")
-    parser.add_argument("--gait", default=CONV_GAIT, choices=[n for n in RUNS if n.startswith("conv_")],
-                        help=f"the CNN's GAIT-N run (default {CONV_GAIT})")
-    parser.add_argument("--results", default=str(RESULTS_DIR), help="the CNN runs' synced CSVs")
-    parser.add_argument("--mlp", default=str(MLP_DIR), help="the MLP's experiments.training CSVs")
-    parser.add_argument("--write", action="store_true", help="write STEM.csv and STEM.png into --results")
-    parser.add_argument("--stem", default=None,
-                        help="file name of --write's CSV and PNG, without suffix (default conv_epoch{N})")
+    parser.add_argument("--results", default=str(FOLDER), help="the cnn experiment's folder")
+    parser.add_argument("--write", action="store_true", help="write {pair}_epoch{N}.csv and .png into --results")
     args = parser.parse_args(argv)
-    results, mlp = Path(args.results), Path(args.mlp)
-    try:
-        rows = compare(args.epoch, results=results, mlp=mlp, seed=args.seed, conv_bp=args.bp, conv_gait=args.gait)
-    except LookupError as err:
-        print(f"cannot compare at epoch {args.epoch}: {err}", file=sys.stderr)
+    folder = Path(args.results)
+    compared = 0
+    for pair in PAIRS:
+        try:
+            rows = compare(args.epoch, folder=folder, pair=pair, seed=args.seed)
+        except LookupError as err:
+            print(f"{pair}: cannot compare at epoch {args.epoch}: {err}", file=sys.stderr)
+            continue
+        compared += 1
+        print(f"\n{pair}:\n{format_rows(rows)}")
+        if args.write:
+            print("wrote", write_summary(rows, folder / f"{pair}_epoch{args.epoch}.csv"))
+            print("wrote", plot(args.epoch, folder / f"{pair}_epoch{args.epoch}.png", folder=folder, pair=pair,
+                                seed=args.seed))
+    if not compared:
         return 1
-    print(format_rows(rows))
-    if any(math.isnan(float(r["value_pp"])) for r in rows):
-        print("a test accuracy is NaN", file=sys.stderr)
-        return 1
-    if args.write:
-        stem = args.stem or f"conv_epoch{args.epoch}"
-        print("wrote", write_summary(rows, results / f"{stem}.csv"))
-        print("wrote", plot(args.epoch, results / f"{stem}.png", results=results, mlp=mlp,
-                            seed=args.seed, conv_bp=args.bp, conv_gait=args.gait))
+    low, high = (_run(folder, n, args.seed) for n in LR_RUNS)
+    if low and high and len(low.epochs()) >= 2 and len(high.epochs()) >= 2:
+        print(f"\nlearning rate (CNN BP, pixels, test accuracy at epoch 2): lr 1e-4 {100 * low.epochs()[1]['test_acc']:.2f}, "
+              f"lr 1e-3 {100 * high.epochs()[1]['test_acc']:.2f}")
+    table = penalty_table(folder, seed=args.seed)
+    if table.count("\n") > 1:
+        print(f"\npenalty weights (pixels):\n{table}")
+    table = pair_table(folder, epochs=args.epoch, seed=args.seed)
+    if table:
+        print(f"\nstandardized pair:\n{table}")
     return 0
 
 

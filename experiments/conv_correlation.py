@@ -24,7 +24,7 @@ orthogonal :class:`~lightning_gait.InvertibleCNN` networks (``docs/gait-prop.md`
   updates (biases excluded), in float64: Pearson correlation, cosine, angle, norm ratio.
   A variant whose targets turn non-finite gets NaN and its ``status`` says so.
 
-Writes ``--out`` (``results/conv``): ``fig2b_correlation.csv`` (one row per variant,
+Writes ``--out`` (``results/cnn_fig2b``): ``fig2b_correlation.csv`` (one row per variant,
 network and layer), ``fig2b_summary.csv`` (per variant and layer: median, min, max and
 mean over the networks) and ``fig2b_correlation.png``; prints the median and minimum
 per layer. Run from the repository root.
@@ -188,7 +188,7 @@ def _write_csv(path: Path, rows: Sequence[Dict[str, object]], columns: Sequence[
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0].strip("`: "))
     parser.add_argument("--data-dir", default="../shared/data", help="folder holding cifar-10-batches-py/")
-    parser.add_argument("--out", type=Path, default=Path("results/conv"))
+    parser.add_argument("--out", type=Path, default=Path("results/cnn_fig2b"))
     parser.add_argument("--nets", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0, help="seed of the data order")

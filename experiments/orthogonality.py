@@ -157,11 +157,13 @@ def drift_curves(rows: Sequence[Dict[str, object]], variant: str, form: str = "p
 
 
 def read_trained(folder: Path) -> Dict[str, List[Dict[str, object]]]:
-    """``regime -> rows`` of ``training --track-alignment`` runs (``ortho_dev``, ``bp_corr_layer_k``)."""
+    """``regime -> rows`` of ``training --track-alignment`` runs (``ortho_dev``, ``bp_corr_layer_k``):
+    ``folder/{regime}_s{seed}/metrics.csv``, the lowest seed of each regime."""
     out = {}
     for regime in (v.regime for v in DRIFT_VARIANTS):
-        path = Path(folder) / f"{regime}.csv"
-        if path.is_file():
+        found = sorted(Path(folder).glob(f"{regime}_s*/metrics.csv"))
+        path = found[0] if found else None
+        if path is not None:
             rows = read_csv(path)
             if rows and "ortho_dev" in rows[0]:
                 out[regime] = rows

@@ -6,8 +6,7 @@ Prints Markdown tables built only from the files the experiment commands wrote i
 * Fig. 2B: per layer, mean ± std over networks of the correlation with backprop
   (one table per dtype and form), and the minimum over networks;
 * Fig. 2A: per regime, epochs, seed, final and best test accuracy, from ``--training``
-  (default ``<out>/epochs20``, the 20-epoch run the README shows; ``--training results``
-  for the 1-epoch run in ``results/training/``).
+  (default ``<out>/fig2a``, the 20-epoch run ``results/README.md`` shows).
 """
 from __future__ import annotations
 
@@ -70,10 +69,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                      description="Markdown tables of the results CSVs.")
     parser.add_argument("--out", default="results", help="folder the experiment commands wrote into")
     parser.add_argument("--training", default=None,
-                        help="the --out of the Fig. 2A run to tabulate (default: OUT/epochs20, the README's table)")
+                        help="the --out of the Fig. 2A run to tabulate (default: OUT/fig2a, the committed 20-epoch run)")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    training_out = Path(args.training) if args.training else out / "epochs20"
+    training_out = Path(args.training) if args.training else out / "fig2a"
     summary_path = out / "fig2b_summary.csv"
     if summary_path.is_file():
         summary = read_csv(summary_path)
@@ -84,9 +83,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                        ("float32", "difference", "min")):
             print(f"\nFig. 2B, {dtype}, {form} form: {statistic} over networks\n")
             print(correlation_table(summary, dtype, form, statistic=statistic, digits=6))
-    runs = read_runs(training_out / "training")
+    runs = read_runs(training_out)
     if runs:
-        print(f"\nFig. 2A: CIFAR-10 test accuracy (float64), {training_out / 'training'}\n")
+        print(f"\nFig. 2A: CIFAR-10 test accuracy (float64), {training_out}\n")
         print(training_table(runs))
     if not summary_path.is_file() and not runs:
         print(f"error: no results under {out}", file=sys.stderr)

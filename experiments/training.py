@@ -10,21 +10,28 @@ validation loop evaluates the test set, as the reference code did), and a
 same number of epochs and the same seed (``--seed_everything``: the same initial
 weights wherever the architectures agree, and the same data order).
 
-Writes, into ``--out`` (default ``results/``):
+Writes, into ``--out`` (an experiment's results folder; default ``outputs/fig2a``, so that a
+trial run never overwrites the committed ``results/fig2a``):
 
-* ``training/{regime}.csv``: one row per evaluation of the test set: ``epoch`` (a
+* ``{regime}_s{seed}/metrics.csv``: one row per evaluation of the test set: ``epoch`` (a
   fraction with ``--evals-per-epoch`` > 1; 0 is the untrained network), ``step``,
   ``train_loss`` / ``train_acc`` (mean over the training batches since the previous
   evaluation), ``test_loss`` / ``test_acc``, ``train_time_s`` (wall time of those
   training batches), ``eval_time_s``; written after every evaluation, so an
   interrupted run keeps what it did;
-* ``training/summary.csv``: per regime, the final and best test accuracy, epochs, seed,
-  dtype, seconds per training epoch, status;
-* ``fig2a_training.png``: test accuracy against epoch, one line per regime.
+* ``{regime}_s{seed}/config.yaml``: the resolved configuration of the run (what
+  ``python -m lightning_gait.fit`` prints for :func:`config_args`: the regime's config, the
+  seed, ``val_size 0``, the epochs and evaluation interval), from which ``fit --config`` trains
+  the same rule on the same data order;
+* ``summary.csv``: per regime, the final and best test accuracy, epochs, seed, dtype, seconds
+  per training epoch, status;
+* ``fig2a_training.png``: test accuracy against epoch, one line per regime (not with
+  ``--track-alignment``).
 
-The paper's full run (200 epochs) on a GPU::
+The README's 20-epoch run and the paper's full run (200 epochs) on a GPU::
 
-    python -m experiments.training --data-dir ../shared/data --epochs 200 --accelerator gpu
+    python -m experiments.training --data-dir ../shared/data --epochs 20 --evals-per-epoch 2 --out results/fig2a
+    python -m experiments.training --data-dir ../shared/data --epochs 200 --accelerator gpu --out outputs/fig2a_200
 
 ``--plot-only`` redraws the figure from the CSVs already in ``--out``.
 """
@@ -41,9 +48,10 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from .common import DEFAULT_DATA_DIR, REGIMES, check_data_dir, close_figure, data_args, label, regime_cli
+from .common import DEFAULT_DATA_DIR, REGIMES, check_data_dir, close_figure, data_args, label, regime_cli, resolved_config
 
-__all__ = ["EvaluationRecorder", "train_regime", "run", "read_runs", "summarize_runs", "plot_training", "main"]
+__all__ = ["EvaluationRecorder", "train_regime", "config_args", "run", "read_runs", "summarize_runs", "plot_training",
+           "main"]
 
 #: the order regimes are trained in: the paper's comparison first, references last
 DEFAULT_ORDER = ("bp", "gait_norm", "gait", "gait_smooth_norm", "gait_smooth", "bp_smooth", "fa", "tp")
@@ -174,6 +182,26 @@ def _fmt(value):
     return value
 
 
+def config_args(regime: str, *, data_dir, seed: int, epochs: int, val_check_interval, precision: Optional[str] = None,
+                accelerator: str = "cpu", limit_train_batches: Optional[int] = None,
+                limit_val_batches: Optional[int] = None, verify_checksums: bool = True) -> List[str]:
+    """The ``fit`` arguments whose resolved configuration is what :func:`train_regime` trains: the
+    regime's config with its data, seed and Trainer settings (no logger, checkpoints or callbacks: the
+    recorder is this module's own)."""
+    args = ["--config", regime, "--seed_everything", str(seed),
+            *data_args(data_dir=data_dir, download=False, val_size=0, shuffle_seed=seed, verify_checksums=verify_checksums),
+            "--trainer.logger", "false", "--trainer.enable_checkpointing", "false", "--trainer.callbacks", "[]",
+            "--trainer.max_epochs", str(epochs), "--trainer.accelerator", accelerator,
+            "--trainer.val_check_interval", str(val_check_interval), "--trainer.num_sanity_val_steps", "0",
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+    if precision is not None:
+        args += ["--trainer.precision", str(precision)]
+    for key, value in (("limit_train_batches", limit_train_batches), ("limit_val_batches", limit_val_batches)):
+        if value is not None:
+            args += [f"--trainer.{key}", str(value)]
+    return args
+
+
 def train_regime(
     regime: str,
     *,
@@ -188,9 +216,9 @@ def train_regime(
     limit_val_batches: Optional[int] = None,
     verify_checksums: bool = True,
     track_alignment: bool = False,
-    folder: str = "training",
 ) -> Dict[str, object]:
-    """Train one regime; write ``out/{folder}/{regime}.csv``; return its summary row.
+    """Train one regime; write ``out/{regime}_s{seed}/metrics.csv`` and its ``config.yaml``; return
+    its summary row.
 
     With ``track_alignment``, every evaluation also records the mean orthogonality
     deviation ``||W W^T - I||_F / sqrt(n)`` of the square layers (``ortho_dev``) and the
@@ -213,9 +241,15 @@ def train_regime(
     if track_alignment:
         n = datamodule.batch_size
         track_batch = (datamodule.data_train.images[:n], datamodule.data_train.labels[:n])
-    recorder = EvaluationRecorder(out / folder / f"{regime}.csv", regime=regime, seed=seed,
+    run_dir = out / f"{regime}_s{seed}"
+    recorder = EvaluationRecorder(run_dir / "metrics.csv", regime=regime, seed=seed,
                                   batches_per_epoch=full_epoch, track_batch=track_batch)
     interval = 1.0 if evals_per_epoch <= 1 else max(1, batches_per_epoch // evals_per_epoch)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(resolved_config(config_args(
+        regime, data_dir=data_dir, seed=seed, epochs=epochs, val_check_interval=interval, precision=precision,
+        accelerator=accelerator, limit_train_batches=limit_train_batches, limit_val_batches=limit_val_batches,
+        verify_checksums=verify_checksums)))
     trainer = pl.Trainer(
         max_epochs=epochs,
         precision=precision,
@@ -287,15 +321,17 @@ def summarize_rows(regime: str, rows: Sequence[Dict[str, object]]) -> Dict[str, 
 
 
 def read_runs(folder: Path) -> Dict[str, List[Dict[str, str]]]:
-    """``regime -> rows`` of every ``{regime}.csv`` in ``folder`` (the summary excluded)."""
+    """``regime -> rows`` of every ``{regime}_s{seed}/metrics.csv`` in ``folder`` (the lowest seed of a
+    regime trained with several)."""
     runs = {}
-    for path in sorted(Path(folder).glob("*.csv")):
-        if path.stem == "summary":
+    for path in sorted(Path(folder).glob("*_s*/metrics.csv"), key=lambda p: p.parent.name):
+        regime, _, seed = path.parent.name.rpartition("_s")
+        if not seed.isdigit() or regime in runs:
             continue
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
         if rows:
-            runs[path.stem] = rows
+            runs[regime] = rows
     return runs
 
 
@@ -367,22 +403,21 @@ def run(
     limit_val_batches: Optional[int] = None,
     verify_checksums: bool = True,
     track_alignment: bool = False,
-    folder: str = "training",
 ) -> List[Dict[str, object]]:
-    """Train each regime in turn, then write ``{folder}/summary.csv`` and, for ``folder="training"``,
-    ``fig2a_training.png``."""
+    """Train each regime in turn, then write ``out/summary.csv`` and, unless ``track_alignment``,
+    ``out/fig2a_training.png``."""
     summaries = []
     for regime in regimes:
         summaries.append(train_regime(
             regime, data_dir=data_dir, out=out, epochs=epochs, seed=seed, evals_per_epoch=evals_per_epoch,
             accelerator=accelerator, precision=precision, limit_train_batches=limit_train_batches,
             limit_val_batches=limit_val_batches, verify_checksums=verify_checksums,
-            track_alignment=track_alignment, folder=folder,
+            track_alignment=track_alignment,
         ))
-        merge_summary(out / folder / "summary.csv", summaries[-1])
-    if folder != "training":
+        merge_summary(out / "summary.csv", summaries[-1])
+    if track_alignment:
         return summaries
-    runs = read_runs(out / "training")  # every regime in the folder, also those trained elsewhere
+    runs = read_runs(out)  # every regime in the folder, also those trained elsewhere
     close_figure(plot_training(runs, out / "fig2a_training.png"))
     return summaries
 
@@ -405,7 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
                         help="folder holding cifar-10-batches-py/ (as the CLI's --data.data_dir)")
-    parser.add_argument("--out", default="results", help="output folder (CSVs under OUT/training/, PNG in OUT)")
+    parser.add_argument("--out", default="outputs/fig2a",
+                        help="the experiment's folder: OUT/{regime}_s{seed}/metrics.csv and config.yaml, summary and PNG "
+                             "in OUT (the committed 20-epoch run: results/fig2a)")
     parser.add_argument("--regimes", default="all", help=f"comma-separated, from: {', '.join(DEFAULT_ORDER)}")
     parser.add_argument("--epochs", type=int, default=1, help="epochs per regime (the paper: 200)")
     parser.add_argument("--seed", type=int, default=0)
@@ -417,8 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--no-verify-checksums", action="store_true", help="for generated (test) datasets")
     parser.add_argument("--track-alignment", action="store_true",
-                        help="also record ortho_dev and per-layer bp_corr at each evaluation (see train_regime); "
-                             "written to OUT/training_alignment/ so that the Fig. 2A CSVs are left alone")
+                        help="also record ortho_dev and per-layer bp_corr at each evaluation (see train_regime; "
+                             "the committed run: --out results/training_alignment)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 4 training batches per epoch, 2 test batches")
     parser.add_argument("--plot-only", action="store_true", help="redraw the PNG from the CSVs in --out")
@@ -431,11 +468,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         regimes = _parse_regimes(args.regimes)
         if args.plot_only:
-            runs = read_runs(out / "training")
+            runs = read_runs(out)
             if args.regimes != "all":
                 runs = {r: rows for r, rows in runs.items() if r in regimes}
             if not runs:
-                raise ValueError(f"--plot-only: no run CSVs under {out / 'training'}")
+                raise ValueError(f"--plot-only: no run CSVs under {out}/*_s*/")
             close_figure(plot_training(runs, out / "fig2a_training.png"))
             return 0
         if args.epochs < 1:
@@ -456,7 +493,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         evals_per_epoch=args.evals_per_epoch, accelerator=args.accelerator, precision=args.precision,
         limit_train_batches=limit_train, limit_val_batches=limit_val,
         verify_checksums=not args.no_verify_checksums, track_alignment=args.track_alignment,
-        folder="training_alignment" if args.track_alignment else "training",
     )
     for s in summaries:
         print(f"{s['label']:8s} final {100 * s['final_test_acc']:.2f}%  best {100 * s['best_test_acc']:.2f}% "

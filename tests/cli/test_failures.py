@@ -461,29 +461,30 @@ def test_the_published_md5_sums_are_torchvisions():
                                                                           CIFAR10.meta["md5"]]])
 
 
-def test_a_headline_run_resumes_in_its_own_folder(tiny_cifar_root, tmp_path, monkeypatch, capsys):
-    """``experiments.headline``'s layout (the run's folder as default_root_dir, one CSV-logger
+def test_an_experiment_run_resumes_in_its_own_folder(tiny_cifar_root, tmp_path, monkeypatch, capsys):
+    """``experiments.stacks``'s layout (the run's folder as default_root_dir, one CSV-logger
     segment ``part{k}`` per start) resumes from its last.ckpt into a new segment, and a
     fresh start over a segment holding checkpoints is refused."""
-    from experiments.headline import fit_command, last_checkpoint
+    from experiments.stacks import Run, fit_command, last_checkpoint
 
     monkeypatch.chdir(tmp_path)
     small = ["--data.verify_checksums", "false", "--model.init_args.net.init_args.width", "16",
-             "--model.init_args.net.init_args.depth", "2", "--data.batch_size", "64"]
+             "--model.init_args.net.init_args.depth", "2", "--data.batch_size", "64", "--data.val_size", "0"]
+    run = Run("experiment", ("bp",), 0)
+    run_dir = tmp_path / "experiment" / "bp_s0"
 
     def command(epochs, ckpt=None, segment="part1"):
-        cmd = fit_command("bp", seed=0, epochs=epochs, data_dir=str(tiny_cifar_root), outputs=tmp_path,
-                          ckpt_path=ckpt, log_version=segment)
-        return cmd[cmd.index("lightning_gait.fit") + 1:] + small
+        cmd = fit_command(run, data_dir=str(tiny_cifar_root), outputs=tmp_path, ckpt_path=ckpt, log_version=segment)
+        return cmd[cmd.index("lightning_gait.fit") + 1:] + small + ["--trainer.max_epochs", str(epochs)]
 
     assert fit.main(command(1)) == 0
-    last = last_checkpoint(tmp_path, "bp_s0")
-    assert last == tmp_path / "bp_s0" / "part1" / "checkpoints" / "last.ckpt"
-    assert (tmp_path / "bp_s0" / "part1" / "config.yaml").is_file()
+    last = last_checkpoint(run_dir)
+    assert last == run_dir / "part1" / "checkpoints" / "last.ckpt"
+    assert (run_dir / "part1" / "config.yaml").is_file()
     code, err = run_fit(command(2), capsys)
     assert code == 2 and "already holds another run's checkpoints" in err
     assert fit.main(command(2, last, segment="part2")) == 0
-    resumed = last_checkpoint(tmp_path, "bp_s0")
+    resumed = last_checkpoint(run_dir)
     assert resumed.parent.parent.name == "part2"
     assert torch.load(resumed, weights_only=False)["global_step"] == 10  # 320 images, batch 64, 2 epochs
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bp_s0"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["experiment"]

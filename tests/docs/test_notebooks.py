@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments import conv_comparison
+from experiments import conv_comparison, curves
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -37,14 +37,16 @@ def execute(name: str, kernel: str) -> "nbformat.NotebookNode":
 
 
 def headline_figures() -> int:
-    """Figures the headline notebook draws from the committed results: the controlled curves,
-    the full length, and the CNN's once its runs have reached the comparison's epoch (10)."""
-    try:
-        conv_comparison.compare(10, results=REPO / "results" / "headline",
-                                mlp=REPO / "results" / "epochs20" / "training")
-    except LookupError:
-        return 2
-    return 3
+    """Figures the headline notebook draws from the committed results: each figure of the mlp_gap
+    experiment file, and one per CNN pair whose runs have reached the comparison's epoch (10)."""
+    count = len(curves.grid_spec("mlp_gap")["figures"])
+    for pair in conv_comparison.PAIRS:
+        try:
+            conv_comparison.compare(10, folder=REPO / "results" / "cnn", pair=pair)
+        except LookupError:
+            continue
+        count += 1
+    return count
 
 
 def images(nb) -> int:
@@ -79,7 +81,8 @@ def test_fig2a_notebook_runs_and_draws(kernel_name, tiny_run_env):
     nb = execute("fig2a_training.ipynb", kernel_name)
     assert images(nb) == 1
     assert "GAIT-N" in text(nb) and "BP" in text(nb)
-    assert sorted(p.name for p in (tiny_run_env / "training").glob("*.csv")) == ["bp.csv", "gait_norm.csv", "summary.csv"]
+    assert sorted(p.parent.name for p in tiny_run_env.glob("*_s*/metrics.csv")) == ["bp_s0", "gait_norm_s0"]
+    assert (tiny_run_env / "summary.csv").is_file() and (tiny_run_env / "bp_s0" / "config.yaml").is_file()
 
 
 PARAMETERS = ("LIGHTNING_GAIT_RESULTS", "LIGHTNING_GAIT_DATA_DIR", "LIGHTNING_GAIT_RUN", "LIGHTNING_GAIT_QUICK",
@@ -109,7 +112,7 @@ def test_committed_notebooks_hold_their_figures(name, figures):
 def test_committed_outputs_are_what_the_committed_results_give(name, kernel_name, monkeypatch):
     """Executed with its defaults (the committed CSVs), a notebook prints what it holds; else rerun
     ``python scripts/execute_notebooks.py``."""
-    if not (REPO / "results" / "fig2b_summary.csv").is_file() or not (REPO / "results" / "epochs20").is_dir():
+    if not (REPO / "results" / "fig2b_summary.csv").is_file() or not (REPO / "results" / "fig2a").is_dir():
         pytest.skip("no committed results/ to draw")
     for key in PARAMETERS:
         monkeypatch.delenv(key, raising=False)
@@ -118,11 +121,11 @@ def test_committed_outputs_are_what_the_committed_results_give(name, kernel_name
 
 
 def test_headline_notebook_draws_the_committed_runs(kernel_name, monkeypatch):
-    """The headline notebook reads results/headline, which grows while its runs continue,
+    """The headline notebook reads results/mlp_gap and results/cnn, which grow while runs continue,
     so its saved outputs are checked for figures, not compared line by line."""
-    results = REPO / "results" / "headline"
-    if not any(results.glob("*_s*.csv")):
-        pytest.skip("no committed results/headline to draw")
+    results = REPO / "results"
+    if not any((results / "mlp_gap").glob("*_s*/metrics.csv")):
+        pytest.skip("no committed results/mlp_gap to draw")
     monkeypatch.setenv("LIGHTNING_GAIT_HEADLINE_RESULTS", str(results))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = execute("headline.ipynb", kernel_name)

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from experiments import correlation, orthogonality, training
-from experiments.common import build_regime, model_args, net_args, regime_cli
+from experiments.common import build_regime, model_args, net_args, regime_cli, resolved_config
 from lightning_gait import InvertibleMLP
 from lightning_gait.diagnostics import backprop_gradients, gradient_alignment, orthogonality_deviation
 
@@ -178,7 +179,7 @@ def test_training_command_records_test_accuracy(tiny_cifar_root, tmp_path):
     code = training.main(["--data-dir", str(tiny_cifar_root), "--out", str(tmp_path), "--regimes", "bp,gait_norm",
                           "--epochs", "1", "--evals-per-epoch", "2", "--no-verify-checksums"])
     assert code == 0
-    runs = training.read_runs(tmp_path / "training")
+    runs = training.read_runs(tmp_path)
     assert set(runs) == {"bp", "gait_norm"}
     # 320 training images = 2 batches of 256 and 64: evaluations at 0, 1/2 and 2/2 epochs
     assert [float(r["epoch"]) for r in runs["gait_norm"]] == [0.0, 0.5, 1.0]
@@ -194,7 +195,14 @@ def test_training_command_records_test_accuracy(tiny_cifar_root, tmp_path):
     accuracy = (rule.net(x).argmax(1) == dm.data_test.labels).double().mean().item()
     assert float(runs["bp"][0]["test_acc"]) == pytest.approx(accuracy)
 
-    with open(tmp_path / "training" / "summary.csv") as f:
+    # beside each curve, the resolved config that fit accepts: the regime, the seed, the test set as validation
+    config = yaml.safe_load((tmp_path / "gait_norm_s0" / "config.yaml").read_text())
+    assert config["model"]["class_path"] == "lightning_gait.GAITProp" and config["seed_everything"] == 0
+    assert config["data"]["init_args"]["val_size"] == 0 and config["trainer"]["max_epochs"] == 1
+    assert config["trainer"]["val_check_interval"] == 1 and config["data"]["init_args"]["data_dir"] == str(tiny_cifar_root)
+    assert resolved_config(["--config", str(tmp_path / "gait_norm_s0" / "config.yaml")])
+
+    with open(tmp_path / "summary.csv") as f:
         summary = {row["regime"]: row for row in csv.DictReader(f)}
     assert summary["gait_norm"]["status"] == "ok"
     assert float(summary["gait_norm"]["final_test_acc"]) == float(runs["gait_norm"][-1]["test_acc"])
@@ -209,15 +217,16 @@ def test_training_command_rejects_unknown_regime(tmp_path, capsys):
 
 
 def test_tracked_training_records_orthogonality_and_alignment(tiny_cifar_root, tmp_path):
-    summary = training.train_regime("gait_norm", data_dir=tiny_cifar_root, out=tmp_path, epochs=1,
-                                    verify_checksums=False, track_alignment=True, folder="tracked")
+    summary = training.train_regime("gait_norm", data_dir=tiny_cifar_root, out=tmp_path / "tracked", epochs=1,
+                                    verify_checksums=False, track_alignment=True)
     assert summary["status"] == "ok"
-    rows = correlation.read_csv(tmp_path / "tracked" / "gait_norm.csv")
+    rows = correlation.read_csv(tmp_path / "tracked" / "gait_norm_s0" / "metrics.csv")
     assert [r["epoch"] for r in rows] == [0.0, 1.0]
     untrained, trained = rows
     assert untrained["ortho_dev"] < 1e-5 < trained["ortho_dev"]  # Adam moves the weights off orthogonal
     assert all(r["bp_corr_layer_7"] > 0.9999 for r in rows)  # the output layer inverts nothing
     assert 0.9 < trained["bp_corr_layer_1"] <= 1.0
+    assert set(orthogonality.read_trained(tmp_path / "tracked")) == {"gait_norm"}  # the drift figure's crosses
 
 
 def test_report_tables_come_from_the_csvs(tmp_path, capsys):
@@ -231,17 +240,19 @@ def test_report_tables_come_from_the_csvs(tmp_path, capsys):
     assert report.main(["--out", str(tmp_path)]) == 2  # nothing there
 
 
-def test_report_prints_the_readmes_20_epoch_table_by_default(capsys):
+def test_report_prints_the_committed_20_epoch_table_by_default(capsys):
+    """``python -m experiments.report`` prints Fig. 2A's table from results/fig2a, as its README shows it."""
     from experiments import report
 
     results = Path(__file__).resolve().parents[2] / "results"
-    if not (results / "epochs20" / "training" / "summary.csv").is_file():
-        pytest.skip("no committed results/epochs20")
+    if not (results / "fig2a" / "summary.csv").is_file():
+        pytest.skip("no committed results/fig2a")
     assert report.main(["--out", str(results)]) == 0
     printed = capsys.readouterr().out
-    readme = (results.parent / "README.md").read_text()
     fig2a = printed.split("Fig. 2A: CIFAR-10 test accuracy", 1)[1]
-    assert "results/epochs20/training" in fig2a.splitlines()[0]
-    gait_n = next(line for line in fig2a.splitlines() if line.startswith("| GAIT-N | "))
+    assert "results/fig2a" in fig2a.splitlines()[0]
+    table = [line for line in fig2a.splitlines() if line.startswith("| ")]
+    gait_n = next(line for line in table if line.startswith("| GAIT-N | "))
     assert gait_n.startswith("| GAIT-N | 20 | 0 | 44.19 | 44.37 | 19 |")
-    assert "| GAIT-N | 20 | 0 | 44.19 | 44.37 | 19 |" in readme
+    readme = (results / "fig2a" / "README.md").read_text()
+    assert all(line in readme for line in table)  # the README's table is the command's output

@@ -179,9 +179,9 @@ def _build_cli(args):
             self.already_saved = trainer.strategy.broadcast(self.already_saved)
 
         def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
-            from .runs import record_wandb_run
+            from .runs import model_record, record_run
 
-            record_wandb_run(trainer, checkpoint)
+            record_run(trainer, checkpoint, model_record(self.config.get("model")))
 
         def save_config(self, trainer, pl_module, stage) -> None:
             import yaml
@@ -369,7 +369,7 @@ def _main(args=None) -> int:
 
     from .checkpointing import remove_stale_temporaries
     from .runs import RunClaim, check_resume_checkpoint, checkpoint_folders, refuse_another_runs_folder
-    from .runs import resume_wandb_run, run_folders
+    from .runs import model_record, resume_wandb_run, run_folders
     from .wandb_run import label_wandb_loggers, record_summary, regime_of
 
     argv = sys.argv[1:] if args is None else args
@@ -397,7 +397,10 @@ def _main(args=None) -> int:
         label_wandb_loggers(trainer.loggers, regime_of(given, getattr(trainer.logger, "name", None)))
         ckpt_path = config.get("ckpt_path")
         if ckpt_path:
-            resume_wandb_run(trainer.loggers, check_resume_checkpoint(ckpt_path, model, str(trainer.precision)))
+            checkpoint = check_resume_checkpoint(ckpt_path, model, str(trainer.precision),
+                                                 model_record(config.get("model")))
+            resume_wandb_run(trainer.loggers, checkpoint)
+            del checkpoint
         with RunClaim(run_folders(trainer) if trainer.is_global_zero else []):
             refuse_another_runs_folder(trainer, ckpt_path)
             for folder in checkpoint_folders(trainer) if trainer.is_global_zero else []:

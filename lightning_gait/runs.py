@@ -43,6 +43,8 @@ __all__ = [
     "run_folders",
     "refuse_another_runs_folder",
     "check_resume_checkpoint",
+    "model_record",
+    "record_run",
     "record_wandb_run",
     "resume_wandb_run",
 ]
@@ -217,9 +219,15 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {first}" if first else type(err).__name__
 
 
-def check_resume_checkpoint(path: str, model, precision: str) -> Dict[str, Any]:
+def check_resume_checkpoint(path: str, model, precision: str, model_config: Optional[dict] = None) -> Dict[str, Any]:
     """Load the checkpoint at ``path`` (memory-mapped) and check that ``model`` under
-    ``precision`` can resume from it; return it. Raises :class:`CheckpointError`."""
+    ``precision`` can resume from it; return it. Raises :class:`CheckpointError`.
+
+    ``model_config`` (the ``model`` section of this run's configuration) is compared with
+    the one the checkpoint's run recorded (:func:`record_run`): another rule or another
+    network (class or settings, such as the activation) is refused even where the shapes
+    agree. The rule's own settings (``lr``, ``eta``, ...) may change; the rule says which
+    did when training starts."""
     from .data.base import _PRECISION_DTYPES
 
     file = Path(path).expanduser()
@@ -272,7 +280,53 @@ def check_resume_checkpoint(path: str, model, precision: str) -> Dict[str, Any]:
             f"uses --trainer.precision {precision}; resume with --trainer.precision {written}: a run continues "
             "in the precision it started in"
         )
+    _check_same_model(path, (checkpoint.get(CHECKPOINT_KEY) or {}).get("model"), model_config)
     return checkpoint
+
+
+def _settings(init_args: Optional[dict]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in (init_args or {}).items())
+
+
+def _check_same_model(path: str, theirs: Optional[dict], ours: Optional[dict]) -> None:
+    """Refuse a checkpoint whose run built another rule class or another network."""
+    if not theirs or not ours:
+        return
+    if theirs.get("class_path") != ours.get("class_path"):
+        raise CheckpointError(
+            f"--ckpt_path {path} was written by a run of {theirs.get('class_path')}, and this configuration builds "
+            f"{ours.get('class_path')}: resume with the run's own config (its config.yaml), or start a new run")
+    their_net, our_net = theirs.get("net") or {}, ours.get("net") or {}
+    their_args, our_args = their_net.get("init_args") or {}, our_net.get("init_args") or {}
+    differ = sorted(k for k in set(their_args) | set(our_args) if their_args.get(k) != our_args.get(k))
+    if their_net.get("class_path") != our_net.get("class_path") or differ:
+        def shown(net, args):
+            return f"{net.get('class_path')}({_settings({k: args.get(k) for k in differ})})"
+
+        raise CheckpointError(
+            f"--ckpt_path {path} was written with the network {shown(their_net, their_args)}, and this "
+            f"configuration builds {shown(our_net, our_args)}: resume with the run's own network settings (its "
+            "config.yaml), or start a new run")
+
+
+def model_record(model_config) -> Optional[dict]:
+    """What :func:`record_run` keeps of a ``model`` config section: the rule's ``class_path``
+    and the network's ``class_path`` and ``init_args`` (plain values)."""
+    if model_config is None:
+        return None
+    as_dict = model_config.as_dict() if hasattr(model_config, "as_dict") else dict(model_config)
+    net = (as_dict.get("init_args") or {}).get("net")
+    net = net if isinstance(net, dict) else {}
+    return {"class_path": as_dict.get("class_path"),
+            "net": {"class_path": net.get("class_path"), "init_args": dict(net.get("init_args") or {})}}
+
+
+def record_run(trainer, checkpoint: Dict[str, Any], model_config: Optional[dict] = None) -> None:
+    """Store in ``checkpoint`` the id of the trainer's W&B run (if any) and the rule and
+    network of this run (``model_config``, from :func:`model_record`)."""
+    if model_config:
+        checkpoint.setdefault(CHECKPOINT_KEY, {})["model"] = model_config
+    record_wandb_run(trainer, checkpoint)
 
 
 def record_wandb_run(trainer, checkpoint: Dict[str, Any]) -> None:

@@ -220,6 +220,7 @@ class LocalLearningRule(StepGuards, AdamOptimizer, pl.LightningModule):
         # validation during the sanity check must not count towards the best accuracy
         self.val_acc_best.reset()
         self._apply_adam_implementation()
+        self._apply_resumed_settings()
         self._reset_step_guards()
 
     def _world_size(self) -> int:

@@ -5,12 +5,19 @@ Adam over the network's parameters, fused where PyTorch's fused kernel runs, and
 same implementation after a resume whichever one wrote the checkpoint; a checkpoint's
 floating dtype taken before its weights are copied in, so that a float64 run resumes
 exactly. It reads ``net`` from the rule and Lightning's ``trainer``.
+
+A resume takes the optimizer's settings from the configuration it is started with, not
+from the checkpoint: ``Optimizer.load_state_dict`` would otherwise bring back the
+checkpoint's ``lr``, ``betas`` and ``eps`` with its moment estimates, and a new
+``--model.init_args.lr`` would be recorded but ignored. Every setting that differs from
+the checkpoint's run is said in one line (:meth:`AdamOptimizer._apply_resumed_settings`).
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
+from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
 __all__ = ["AdamOptimizer"]
@@ -26,9 +33,29 @@ def _fused_adam_devices() -> set:
         return {"cpu", "cuda"}
 
 
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def changed_settings(before: Optional[Mapping[str, Any]], now: Mapping[str, Any]) -> Dict[str, Tuple[Any, Any]]:
+    """``{name: (checkpoint's value, this run's value)}`` for the hyperparameters that differ."""
+    if not before:
+        return {}
+    return {key: (before[key], value) for key, value in now.items() if key in before and not _same(before[key], value)}
+
+
+def _shown(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(list(value) if isinstance(value, tuple) else value)
+
+
 class AdamOptimizer:
-    """Adam's hyperparameters, :meth:`configure_optimizers` and the dtype and Adam
-    implementation of a restored checkpoint (a mixin)."""
+    """Adam's hyperparameters, :meth:`configure_optimizers` and the dtype, Adam
+    implementation and settings of a restored checkpoint (a mixin)."""
+
+    #: the rule's hyperparameters that are settings of Adam's parameter groups
+    OPTIMIZER_SETTINGS = {"lr": "lr", "betas": "betas", "adam_eps": "eps"}
 
     def _init_optimizer(self, lr: float, betas: Tuple[float, float], adam_eps: float,
                         fused_adam: Optional[bool]) -> None:
@@ -95,8 +122,25 @@ class AdamOptimizer:
         float64 (``64-true``) checkpoint would otherwise pass through the float32 network
         the CLI built and lose its low bits; resuming would then not be exact.
         """
+        self._resumed_settings = changed_settings(checkpoint.get("hyper_parameters"), self.hparams)
         dtypes = {v.dtype for v in checkpoint.get("state_dict", {}).values() if v.is_floating_point()}
         if len(dtypes) == 1:
             dtype = dtypes.pop()
             if next(self.net.parameters()).dtype != dtype:
                 self.to(dtype)
+
+    def _apply_resumed_settings(self) -> None:
+        """After a resume, give the restored optimizers this configuration's settings and say
+        which settings differ from the checkpoint's run (called at the start of training)."""
+        changed = getattr(self, "_resumed_settings", None)
+        self._resumed_settings = {}
+        if not changed or self._trainer is None:
+            return
+        for name, group_key in self.OPTIMIZER_SETTINGS.items():
+            if name in changed:
+                for optimizer in self.trainer.optimizers:
+                    for group in optimizer.param_groups:
+                        group[group_key] = tuple(changed[name][1]) if group_key == "betas" else changed[name][1]
+        parts = [f"{name} {_shown(old)} -> {_shown(new)}" for name, (old, new) in changed.items()]
+        rank_zero_info(f"Resumed with settings other than the checkpoint's run: {', '.join(parts)}; they apply from "
+                       f"global step {self.trainer.global_step} (Adam's moment estimates are the checkpoint's)")

@@ -27,7 +27,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 RESULTS = Path("results/paper200")
 #: earlier float64 curves (paper form, validated on the test set) drawn beside the float32 ones
-OVERLAYS: Dict[str, str] = {}
+OVERLAYS: Dict[str, str] = {
+    "bp": "results/mlp_gap/bp_s0/metrics.csv",  # 54 epochs
+    "gait_norm": "results/mlp_gap/gait_norm_s0/metrics.csv",  # 26 epochs
+}
 
 
 def epoch_rows(path: Path, *, acc_key: str = "val/acc") -> List[Dict[str, float]]:

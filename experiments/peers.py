@@ -1,18 +1,21 @@
 """Peers of GAIT-prop (TP, FA) and GAIT-S: what they learn on a short budget, and why.
 
-Two commands, both on the real CIFAR-10 in float64 with each regime's config in ``conf/``
-(Adam, batch 256, loss summed over the batch) and the named overrides below:
+The experiment is ``experiments/grids/peers.yaml``: its ``stacks`` are trained, its ``probe`` stacks
+measured at initialisation, each through ``fit``'s own parser (:func:`experiments.common.stack_cli`:
+the regime's config in ``conf/`` and the variant files that make the run, float64 as the configs,
+Adam, batch 256, loss summed over the batch; the grid's ``args``: all 50,000 training images,
+``val_size 0``, no validation loop). Three commands:
 
-* ``probe``: single-batch diagnostics at initialisation (cheap, no training), one row per
-  setting and layer, written to ``results/peers/init.csv``;
-* ``sweep PEER``: a short training run per setting of ``PEER`` (``tp``, ``fa`` or
-  ``gait_smooth``), through the library's Lightning path (the rule's ``training_step``,
-  :class:`~lightning_gait.data.CIFAR10DataModule`, seed 0, same data order for every
-  setting), with diagnostics every ``--probe-every`` steps, written to
-  ``results/peers/{PEER}.csv`` (rows of a setting run again are replaced).
+* ``run GRID``: each stack trained for its ``trainer.max_steps`` (``variants/steps_N``) by the
+  library's Lightning path (the rule's ``training_step``, the config's DataModule, seed 0, the same
+  data order for every stack), with the diagnostics below every ``max(49, steps // 4)`` steps,
+  written to ``results/GRID/RUN_s0/metrics.csv`` beside the resolved ``config.yaml`` (what
+  ``fit --config`` trains: the same stack, seed and steps, without these probes);
+* ``probe GRID``: single-batch diagnostics of each ``probe`` stack at initialisation (cheap, no
+  training), one row per stack and layer, in ``results/GRID/init.csv`` (``setting``: the run name);
+* ``table GRID``: the final test accuracy of each run, from the CSVs.
 
-Diagnostics, per layer ``k`` (1 at the input), on one fixed batch (the first 256 training
-images):
+Diagnostics, per layer ``k`` (1 at the input), on one fixed batch (the first 256 training images):
 
 * ``corr_k``, ``ratio_k``: Pearson correlation of the rule's weight update with
   backprop's gradient of the same loss, and the norm ratio ``||dW|| / ||dW_bp||``
@@ -34,27 +37,24 @@ images):
 * ``wnorm_k``: ``||W_k||_F / sqrt(rows)`` (1 for a (semi-)orthogonal matrix);
 * ``ortho``, ``cond``: mean ``||W W^T - I||_F / sqrt(n)`` and largest condition number
   over the square layers;
-* ``test_acc``: accuracy on the first ``eval_images`` test images (all 10,000 at the
-  last step of a run).
+* ``test_acc``: accuracy on the first ``--eval-images`` test images (all 10,000 at the
+  last step of a run): the probes read the test set, so a choice read from them is read on test.
 
-``sweep`` trains every setting of the peer unless ``--settings`` names some; a CSV row's
-``budget`` is the run's ``--steps`` (196 steps = one epoch). The committed CSVs come from
-these commands, run from the repository root (about 45 minutes in all on two busy cores;
-one epoch of TP or GAIT is 2-5 minutes there, FA's 1-2)::
+A CSV row's ``budget`` is the run's steps (196 = one epoch), ``epoch`` is ``step / 196``. The
+committed CSVs come from these commands, run from the repository root (about 45 minutes in all on
+two busy cores; one epoch of TP or GAIT is 2-5 minutes there, FA's 1-2)::
 
     export OMP_NUM_THREADS=1
-    python -m experiments.peers probe
-    python -m experiments.peers sweep tp --settings config ortho1000 --steps 196
-    python -m experiments.peers sweep tp --settings config step5e-2 step5e-3 step5e-4 step5e-5 step5e-6 --steps 98
-    python -m experiments.peers sweep fa --settings config lr1e-5 lr1e-4 lr1e-4_eps1e-6 --steps 196
-    python -m experiments.peers sweep fa --settings config lr5e-5 --steps 392 --probe-every 98
-    python -m experiments.peers sweep gait_smooth --settings config difference gait_config gamma1e-1 --steps 196
+    python -m experiments.peers probe peers
+    python -m experiments.peers run peers
+    python -m experiments.peers table peers
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -69,70 +69,49 @@ from lightning_gait.diagnostics import (
 )
 from lightning_gait.targets import output_gradient
 
-from .common import DEFAULT_DATA_DIR, build_regime, model_args, net_args
+from .common import DEFAULT_DATA_DIR, resolved_config, stack_args, stack_cli
+from .stacks import RESULTS_DIR, GridError, Run, load_grid, run_name
 
-OUT = Path("results") / "peers"
-
-#: peer -> setting name -> (regime config, init_args overrides; ``net.X`` for the network)
-SETTINGS: Dict[str, Dict[str, tuple]] = {
-    "tp": {
-        "config": ("tp", {}),
-        "step5e-2": ("tp", {"output_step": 5e-2}),
-        "step5e-3": ("tp", {"output_step": 5e-3}),
-        "step5e-4": ("tp", {"output_step": 5e-4}),
-        "step5e-5": ("tp", {"output_step": 5e-5}),
-        "step5e-6": ("tp", {"output_step": 5e-6}),
-        "ortho1000": ("tp", {"ortho_weight": 1000.0}),
-    },
-    "fa": {
-        "config": ("fa", {}),
-        "lr1e-4": ("fa", {"lr": 1e-4}),
-        "lr1e-5": ("fa", {"lr": 1e-5}),
-        "lr5e-5": ("fa", {"lr": 5e-5}),
-        "lr1e-4_eps1e-6": ("fa", {"lr": 1e-4, "adam_eps": 1e-6, "betas": [0.9, 0.999]}),
-    },
-    "gait_smooth": {
-        "config": ("gait_smooth", {}),
-        "difference": ("gait_smooth", {"target_mode": "difference"}),
-        "gait_config": ("gait", {}),  # GAIT (leaky ReLU) as the paper runs it, for comparison
-        **{f"gamma{g}": ("gait_smooth", {"gamma": float(g)}) for g in ("3e-3", "1e-2", "3e-2", "1e-1", "3e-1")},
-    },
-}
-
-#: what ``sweep`` trains
-PEERS = tuple(SETTINGS)
-
-#: networks that only ``probe`` measures: TP on leaky ReLUs of larger negative slope, to
-#: show what the exact inverse's 1/alpha does to TP's alignment (not peers of the study)
-SETTINGS["tp_alpha"] = {f"alpha{a}": ("tp", {"net.alpha": a, "output_step": 5e-2}) for a in (0.3, 0.6, 0.9)}
-
-#: what ``probe`` measures at initialisation
-PROBE_SETTINGS = (
-    [("tp", s) for s in SETTINGS["tp"] if s.startswith(("config", "step"))]
-    + [("tp_alpha", s) for s in SETTINGS["tp_alpha"]]
-    + [("fa", "config")]
-    + [("gait_smooth", s) for s in SETTINGS["gait_smooth"]]
-)
+#: the run's Trainer: no logger, checkpoints or validation loop (the probes evaluate the test set)
+TRAINER_ARGS = ["--trainer.logger", "false", "--trainer.enable_checkpointing", "false", "--trainer.callbacks", "[]",
+                "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0",
+                "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
+                "--trainer.enable_model_summary", "false"]
 
 
 # ---------------------------------------------------------------------------- building
-def build(peer: str, setting: str):
-    """The rule of ``setting`` (float64, seed 0) and its overrides as text."""
-    regime, overrides = SETTINGS[peer][setting]
-    net = {key[4:]: value for key, value in overrides.items() if key.startswith("net.")}
-    rule_args = {key: value for key, value in overrides.items() if not key.startswith("net.")}
-    rule = build_regime(regime, *model_args(**rule_args), *net_args(**net), seed=0).to(torch.float64)
-    rule.reset_rule_state()  # rule-owned random draws in float64
-    text = ";".join(f"{k}={v}" for k, v in overrides.items()) or "(config)"
-    return rule, f"{regime}:{text}"
+def run_args(run: Run, *, data_dir, fit_args=()) -> List[str]:
+    """The ``fit`` arguments of ``run`` as this module trains it (its stack, the grid's args, seed, data
+    folder, the Trainer of :data:`TRAINER_ARGS`, then ``fit_args``): its ``config.yaml`` is what
+    ``fit --print_config`` resolves them to."""
+    return [*stack_args(run.stack), *run.args, "--seed_everything", str(run.seed),
+            "--data.data_dir", str(data_dir), "--data.download", "false", *TRAINER_ARGS, *fit_args]
+
+
+def build(stack, *overrides: str, seed: int = 0):
+    """The rule of ``stack`` (with ``overrides``) drawn under ``seed``, in its config's precision, and
+    fit's CLI (its ``datamodule``, ``config``)."""
+    cli = stack_cli(stack, *overrides, seed=seed)
+    dtype = torch.float64 if str(cli.trainer.precision).startswith("64") else torch.float32
+    rule = cli.model.to(dtype)
+    rule.reset_rule_state()  # rule-owned random draws in the run's dtype
+    return rule, cli
 
 
 def load_cifar(data_dir: Path, *, train: bool, count: int):
-    """The first ``count`` images of a split, float64 in [0, 1], and their labels."""
+    """The first ``count`` images of a CIFAR-10 split, uint8 ``(count, 3072)``, and their labels
+    (:func:`inputs` turns them into a run's inputs)."""
     from lightning_gait.data import CIFAR10DataModule
 
     images, labels = CIFAR10DataModule(str(data_dir), download=False, verify_checksums=False).read_split(train)
-    return images[:count].to(torch.float64) / 255.0, labels[:count]
+    return images[:count].reshape(min(count, len(images)), -1), labels[:count]
+
+
+def inputs(cli, rule, batch):
+    """``(images, labels)`` as the run's DataModule feeds its rule: in the rule's dtype, in [0, 1] or
+    standardized as the config says."""
+    images, labels = batch
+    return cli.datamodule.preprocess(images, next(rule.parameters()).dtype), labels
 
 
 # ---------------------------------------------------------------------------- diagnostics
@@ -210,24 +189,27 @@ def fmt(row: Dict[str, object], keys) -> str:
 
 # ---------------------------------------------------------------------------- commands
 def probe(args) -> None:
-    images, labels = load_cifar(args.data_dir, train=True, count=512)
-    x, y, x2, y2 = images[:256], labels[:256], images[256:], labels[256:]
+    spec = load_spec(args.grid)
+    raw = load_cifar(args.data_dir, train=True, count=512)
     rows = []
-    for peer, setting in PROBE_SETTINGS:
-        rule, text = build(peer, setting)
+    for stack in spec.get("probe", []):
+        name = run_name(stack)
+        rule, cli = build(stack, *spec.get("args", []), "--data.data_dir", str(args.data_dir), seed=0)
+        images, labels = inputs(cli, rule, raw)
+        x, y, x2, y2 = images[:256], labels[:256], images[256:], labels[256:]
         diag = layer_diagnostics(rule, x, y, x2, y2)
         bp = backprop_gradients(rule.net, x, y, loss_reduction=rule.loss_reduction)
         updates = rule.local_gradients(x, y)
         for k in range(1, rule.net.num_layers + 1):
-            row = {"peer": peer, "setting": f"{peer}/{setting}", "overrides": text, "layer": k,
+            row = {"peer": stack[0], "setting": name, "overrides": "+".join(stack), "layer": k,
                    "update_norm": float(updates[k - 1][0].norm()), "bp_norm": float(bp[k - 1][0].norm())}
             row["bp_descent"] = diag["bp_descent"]
-            for name in ("e", "roundoff", "cross", "corr", "ratio", "descent", "bcos", "wnorm"):
-                if f"{name}_{k}" in diag:
-                    row[name] = diag[f"{name}_{k}"]
+            for key in ("e", "roundoff", "cross", "corr", "ratio", "descent", "bcos", "wnorm"):
+                if f"{key}_{k}" in diag:
+                    row[key] = diag[f"{key}_{k}"]
             rows.append(row)
             print(fmt(row, ["setting", "layer", "e", "roundoff", "cross", "update_norm", "bp_norm", "corr", "descent", "bcos"]))
-    write_rows(args.out / "init.csv", rows, replace={(r["setting"],) for r in rows})
+    write_rows(Path(args.results) / args.grid / "init.csv", rows, replace={(r["setting"],) for r in rows})
 
 
 class Probe:
@@ -278,56 +260,103 @@ class Probe:
         return _Probe(*args, **kwargs)
 
 
-def sweep(args) -> None:
+def load_spec(grid: str) -> Dict:
+    from .curves import grid_spec
+
+    spec = grid_spec(grid)
+    if not spec:
+        raise GridError(f"no experiment {grid!r} in experiments/grids/")
+    return spec
+
+
+def probe_every(steps: int) -> int:
+    """Diagnostics every 49 steps (a quarter epoch), every quarter of a longer run."""
+    return max(49, steps // 4)
+
+
+def run(args) -> None:
     import pytorch_lightning as pl
 
-    from lightning_gait.data import CIFAR10DataModule
     from lightning_gait.targets import NonFiniteError
 
-    settings = args.settings or list(SETTINGS[args.peer])
+    runs = load_grid(args.grid)
+    if args.only:
+        runs = [r for r in runs if r.name in args.only]
     probe_batch = load_cifar(args.data_dir, train=True, count=512)
     test = load_cifar(args.data_dir, train=False, count=10000)
-    for setting in settings:
-        pl.seed_everything(0, verbose=False)
-        rule, text = build(args.peer, setting)
-        datamodule = CIFAR10DataModule(data_dir=str(args.data_dir), download=False, batch_size=256, val_size=0,
-                                       verify_checksums=False)
-        callback = Probe(setting=setting, text=text, every=args.probe_every, steps=args.steps,
-                         probe_batch=probe_batch, test=test, eval_images=args.eval_images)
-        trainer = pl.Trainer(max_steps=args.steps, precision="64-true", accelerator="cpu", devices=1, logger=False,
-                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                             limit_val_batches=0, num_sanity_val_steps=0, callbacks=[callback])
+    for spec in runs:
+        fit_args = run_args(spec, data_dir=args.data_dir, fit_args=args.fit_args)
+        rule, cli = build(spec.stack, *fit_args[len(stack_args(spec.stack)):], seed=spec.seed)
+        steps = int(cli.config.trainer.max_steps)
+        if steps < 1:
+            raise GridError(f"{spec.run_id}: a peers run needs trainer.max_steps (a variants/steps_N file)")
+        callback = Probe(setting=spec.name, text="+".join(spec.stack), every=probe_every(steps), steps=steps,
+                         probe_batch=inputs(cli, rule, probe_batch), test=inputs(cli, rule, test),
+                         eval_images=args.eval_images)
+        trainer = pl.Trainer(max_steps=steps, precision=str(cli.trainer.precision), accelerator="cpu", devices=1,
+                             logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+                             callbacks=[callback])
         try:
-            trainer.fit(rule, datamodule=datamodule)
+            trainer.fit(rule, datamodule=cli.datamodule)
         except NonFiniteError as err:
-            callback.rows.append({"setting": setting, "budget": args.steps, "overrides": text, "step": trainer.global_step,
-                                  "status": f"non-finite: {err}"})
+            callback.rows.append({"setting": spec.name, "budget": steps, "overrides": "+".join(spec.stack),
+                                  "step": trainer.global_step, "status": f"non-finite: {err}"})
         for row in callback.rows:
-            row["budget"] = args.steps
-        write_rows(args.out / f"{args.peer}.csv", callback.rows, replace={(setting, args.steps)},
-                   key=("setting", "budget"))
+            row["budget"] = steps
+        folder = Path(args.results) / args.grid / spec.run_id
+        write_rows(folder / "metrics.csv", callback.rows, replace={(spec.name,)})
+        (folder / "config.yaml").write_text(resolved_config(fit_args))
 
 
-def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, default=Path(DEFAULT_DATA_DIR),
-                        help=f"folder holding cifar-10-batches-py/ (default {DEFAULT_DATA_DIR})")
-    parser.add_argument("--out", type=Path, default=OUT)
+def table(results: Path, grid: str) -> str:
+    """Markdown: each run of the grid that has a curve, its steps and its final test accuracy."""
+    import csv as _csv
+
+    lines = ["| run | steps | test acc % at the last step |", "|---|---|---|"]
+    for spec in load_grid(grid):
+        path = results / grid / spec.run_id / "metrics.csv"
+        if not path.is_file():
+            continue
+        with open(path, newline="") as f:
+            rows = [r for r in _csv.DictReader(f) if r.get("test_acc")]
+        if rows:
+            last = max(rows, key=lambda r: int(float(r["step"])))
+            lines.append(f"| {spec.run_id} | {last['step']} | {100 * float(last['test_acc']):.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments.peers", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("probe", help="single-batch diagnostics at initialisation")
-    s = sub.add_parser("sweep", help="short training runs of one peer's settings")
-    s.add_argument("peer", choices=PEERS)
-    s.add_argument("--settings", nargs="*", help="names of SETTINGS[peer] (default: all)")
-    s.add_argument("--steps", type=int, default=196, help="optimizer steps per setting (196 = one epoch)")
-    s.add_argument("--probe-every", type=int, default=49)
-    s.add_argument("--eval-images", type=int, default=2560, help="test images at intermediate probes")
+    commands = {name: sub.add_parser(name, help=text) for name, text in (
+        ("run", "train the grid's stacks, diagnostics along the way"),
+        ("probe", "single-batch diagnostics of the grid's probe stacks at initialisation"),
+        ("table", "the final test accuracy of each run, from the CSVs"))}
+    for name, p in commands.items():
+        p.add_argument("grid", help="an experiment file of experiments/grids/ (the committed one: peers)")
+        p.add_argument("--results", default=str(RESULTS_DIR), help="the folder holding GRID/")
+        if name != "table":
+            p.add_argument("--data-dir", type=Path, default=Path(DEFAULT_DATA_DIR),
+                           help=f"folder holding cifar-10-batches-py/ (default {DEFAULT_DATA_DIR})")
+    commands["run"].add_argument("--only", nargs="+", default=None, help="run names to train (default: all)")
+    commands["run"].add_argument("--eval-images", type=int, default=2560, help="test images at intermediate probes")
+    commands["run"].add_argument("--fit-args", nargs=argparse.REMAINDER, default=[],
+                                 help="further fit options, as they are (give last)")
     args = parser.parse_args(argv)
-    if args.command == "probe":
-        probe(args)
-    else:
-        sweep(args)
+    try:
+        if args.command == "probe":
+            probe(args)
+        elif args.command == "run":
+            run(args)
+        else:
+            print(table(Path(args.results), args.grid))
+    except GridError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
     torch.set_num_threads(1)  # the documented runs: one thread, beside other work
-    main()
+    sys.exit(main())

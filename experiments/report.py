@@ -5,6 +5,8 @@ Prints Markdown tables built only from the files the experiment commands wrote i
 
 * Fig. 2B: per layer, mean ± std over networks of the correlation with backprop
   (one table per dtype and form), and the minimum over networks;
+* Fig. 2B for the invertible CNN: per layer, median / minimum over networks for each variant,
+  from ``<out>/cnn_fig2b/fig2b_summary.csv``;
 * Fig. 2A: per regime, epochs, seed, final and best test accuracy, from ``--training``
   (default ``<out>/fig2a``, the 20-epoch run ``results/README.md`` shows).
 """
@@ -19,7 +21,7 @@ from typing import Dict, Optional, Sequence
 from .correlation import PANELS, read_csv
 from .training import read_runs, summarize_runs
 
-__all__ = ["correlation_table", "training_table", "main"]
+__all__ = ["correlation_table", "cnn_correlation_table", "training_table", "main"]
 
 ORDER = ("GAIT", "GAIT-N", "GAIT-S", "GAIT-SN", "TP", "FA")
 
@@ -47,6 +49,25 @@ def correlation_table(summary: Sequence[Dict[str, object]], dtype: str, form: st
             else:
                 cells.append(_num(float(r[f"corr_{statistic}"]), digits))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+#: the CNN's Fig. 2B columns: variant of experiments.conv_correlation -> column heading
+CNN_COLUMNS = {"GAIT-N": "GAIT-N float64 paper", "GAIT-SN": "GAIT-SN float64 paper",
+               "GAIT-N float32 difference": "GAIT-N float32 difference", "GAIT": "GAIT gamma 1e-3 float64 paper"}
+
+
+def cnn_correlation_table(summary: Sequence[Dict[str, object]]) -> str:
+    """Markdown: per layer of the CNN, median / minimum over networks of each variant's correlation."""
+    by = {(str(r["variant"]), int(r["layer"])): r for r in summary}
+    layers = sorted({int(r["layer"]) for r in summary})
+    columns = [v for v in CNN_COLUMNS if any((v, k) in by for k in layers)]
+    lines = ["| layer | " + " | ".join(CNN_COLUMNS[v] for v in columns) + " |", "|---|" + "---|" * len(columns)]
+    for k in layers:
+        kind = next(str(by[(v, k)]["layer_type"]) for v in columns if (v, k) in by)
+        cells = [f"{float(by[(v, k)]['corr_median']):.6f} / {float(by[(v, k)]['corr_min']):.5f}" if (v, k) in by else "-"
+                 for v in columns]
+        lines.append(f"| {k} {kind} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -83,6 +104,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                        ("float32", "difference", "min")):
             print(f"\nFig. 2B, {dtype}, {form} form: {statistic} over networks\n")
             print(correlation_table(summary, dtype, form, statistic=statistic, digits=6))
+    cnn_path = out / "cnn_fig2b" / "fig2b_summary.csv"
+    if cnn_path.is_file():
+        print(f"\nFig. 2B for the invertible CNN ({cnn_path}): median / minimum over networks\n")
+        print(cnn_correlation_table(read_csv(cnn_path)))
     runs = read_runs(training_out)
     if runs:
         print(f"\nFig. 2A: CIFAR-10 test accuracy (float64), {training_out}\n")

@@ -60,14 +60,58 @@ def test_tp_targets_cross_the_kink_and_fa_has_no_targets():
     assert "e_1" not in fa and -1.0 <= fa["bcos_1"] <= 1.0
 
 
-def test_sweep_writes_one_csv_per_peer_and_replaces_a_rerun(tiny_cifar_root, tmp_path):
-    args = ["--data-dir", str(tiny_cifar_root), "--out", str(tmp_path), "sweep", "fa", "--settings", "config",
-            "--steps", "2", "--probe-every", "1", "--eval-images", "16"]
-    peers.main(args)
-    peers.main(args)
-    with open(tmp_path / "fa.csv", newline="") as f:
+def test_run_trains_the_grids_stacks_into_run_folders_with_their_configs(tiny_cifar_root, tmp_path, monkeypatch, capsys):
+    """``peers run GRID`` trains each stack for its steps with the probes, writes RUN_s0/metrics.csv and
+    the config.yaml fit accepts (a rerun replaces the curve); ``probe`` writes init.csv per stack and
+    layer; ``table`` reads the final accuracies back."""
+    import yaml
+
+    from experiments import stacks
+    from experiments.common import resolved_config
+
+    grids = tmp_path / "grids"
+    grids.mkdir()
+    (grids / "tiny.yaml").write_text(
+        "stacks:\n  - [fa, variants/lr_1e-4]\nseeds: [0]\n"
+        "args: [--data.val_size, '0', --trainer.max_steps, '2', --model.init_args.net.init_args.width, '16',"
+        " --model.init_args.net.init_args.depth, '2', --data.verify_checksums, 'false']\n"
+        "probe:\n  - [tp, variants/output_step_5e-2]\n")
+    monkeypatch.setattr(stacks, "GRIDS_DIR", grids)
+    results = tmp_path / "results"
+    args = ["run", "tiny", "--data-dir", str(tiny_cifar_root), "--results", str(results), "--eval-images", "16"]
+    assert peers.main(args) == 0
+    assert peers.main(args) == 0
+    folder = results / "tiny" / "fa+lr_1e-4_s0"
+    with open(folder / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [int(r["step"]) for r in rows] == [0, 1, 2]
-    assert {r["setting"] for r in rows} == {"config"} and {r["budget"] for r in rows} == {"2"}
+    assert [int(r["step"]) for r in rows] == [0, 2]  # probes every max(49, steps // 4) steps and at the end
+    assert {r["setting"] for r in rows} == {"fa+lr_1e-4"} and {r["budget"] for r in rows} == {"2"}
     assert rows[-1]["eval_images"] == "64" and 0.0 <= float(rows[-1]["test_acc"]) <= 1.0
-    assert "fa:(config)" == rows[0]["overrides"]
+    assert rows[0]["overrides"] == "fa+variants/lr_1e-4"
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    assert config["model"]["init_args"]["lr"] == 1e-4 and config["trainer"]["max_steps"] == 2
+    assert config["data"]["init_args"]["val_size"] == 0 and config["seed_everything"] == 0
+    assert resolved_config(["--config", str(folder / "config.yaml")])  # fit accepts it
+
+    assert peers.main(["probe", "tiny", "--data-dir", str(tiny_cifar_root), "--results", str(results)]) == 0
+    with open(results / "tiny" / "init.csv", newline="") as f:
+        init = list(csv.DictReader(f))
+    assert [r["setting"] for r in init] == ["tp+output_step_5e-2"] * 3 and [r["layer"] for r in init] == ["1", "2", "3"]
+    capsys.readouterr()
+    assert peers.main(["table", "tiny", "--results", str(results)]) == 0
+    assert f"| fa+lr_1e-4_s0 | 2 | {100 * float(rows[-1]['test_acc']):.2f} |" in capsys.readouterr().out
+    assert peers.main(["table", "missing", "--results", str(results)]) == 2
+
+
+def test_the_committed_grid_names_every_committed_run():
+    """Every committed peers curve is a stack of experiments/grids/peers.yaml, and every probed stack is in init.csv."""
+    from experiments import stacks
+    from experiments.curves import grid_spec, runs
+
+    repo = Path(__file__).resolve().parents[2]
+    names = {r.name for r in stacks.load_grid("peers")}
+    committed = runs(repo / "results" / "peers")
+    assert committed and {r.name for r in committed} <= names
+    with open(repo / "results" / "peers" / "init.csv", newline="") as f:
+        probed = {r["setting"] for r in csv.DictReader(f)}
+    assert probed == {stacks.run_name(s) for s in grid_spec("peers")["probe"]}

@@ -1,21 +1,34 @@
-"""The README's commands run as written: every ``bash`` block is marked run or skipped, and the run ones pass.
+"""The README and ``docs/*.md`` run as written: every command block is marked, and the runnable ones pass.
 
-A block's marker is the HTML comment on the line above it:
+Every fenced block names its language. ``bash`` and ``python`` blocks are commands, and each
+carries a marker, the HTML comment on the line above it; ``text`` and ``yaml`` blocks are
+not commands. The markers:
 
-* ``<!-- readme-test: run -->``: run here, in a scratch copy of the checkout (the repository's
-  folders linked into a temporary folder, ``../shared/data`` beside it), with ``python`` and
-  ``.venv/bin/python`` meaning this interpreter, and no W&B key (so W&B logs offline, as for a
-  new user). ``run; creates GLOB ...`` also names files the block must create there;
-* ``<!-- readme-test: slow -->``: the same, under ``pytest -m slow``;
-* ``<!-- readme-test: skip: REASON -->``: not runnable here, and why.
+* bash ``<!-- readme-test: run -->``: run here; ``run; creates GLOB ...`` also names files
+  the block must leave behind;
+* bash ``<!-- readme-test: slow -->``: the same, in a checkout of its own, under ``pytest -m slow``;
+* python ``<!-- readme-test: python -->``: the document's python blocks run in order as one
+  Python session (its own namespace; the documents' sessions share one process);
+  ``python; creates GLOB ...`` names files the session must leave behind;
+* python ``<!-- readme-test: module NAME -->``: part of the importable module ``NAME`` that
+  a test of its own builds and trains (``test_extending.py``); here they are compiled only;
+* ``<!-- readme-test: skip: REASON -->``: not runnable here, and why;
+* text ``<!-- readme-test: printed -->``: what the ``run`` block above it prints; each line's
+  label (the text before `` = `` or the first ``:``) must be a label of a line it printed.
 
-``../shared/data`` is the real CIFAR-10 when the development machine has it, else a generated
-data set in CIFAR-10's format (large enough for the configs' 5,000 validation images).
-Training commands of ``lightning_gait.fit`` are shortened to two batches per phase (and, on
-generated data, told not to check the published checksums); nothing else is changed.
+How they run. One scratch copy of the checkout for all documents (the repository's folders
+linked into a temporary folder, ``../shared/data`` beside it; ``python`` and
+``.venv/bin/python`` mean this interpreter; no W&B key, so W&B logs offline, as for a new
+user). A document's ``run`` blocks run in order, each command in its own ``bash -c``; the
+python sessions run after the ``run`` blocks of their documents, in that checkout. A
+document that uses what another one made says so once, in a comment of its own:
+``<!-- readme-test: after README.md -->`` (that document's blocks run first).
 
-``<!-- readme-test: python -->`` blocks run in order as one Python session (the library
-snippet defines ``net``, a later one trains it), with the trainer's batches limited likewise.
+``../shared/data`` is the real CIFAR-10 when the development machine has it, else a
+generated data set in CIFAR-10's format (large enough for the configs' 5,000 validation
+images). Training commands of ``lightning_gait.fit`` are shortened to two batches per phase
+(and, on generated data, told not to check the published checksums), and so are the
+trainers of the python sessions; nothing else is changed.
 """
 from __future__ import annotations
 
@@ -25,7 +38,9 @@ import re
 import shlex
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Dict, List, Optional
 
 import pytest
 
@@ -33,64 +48,110 @@ from conftest import SHARED_DATA, write_tiny_cifar
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 README = REPO_ROOT / "README.md"
+#: the documents whose commands are checked: the README, then docs/ in name order
+DOCUMENTS = [README] + sorted((REPO_ROOT / "docs").glob("*.md"))
 BLOCK = re.compile(r"^```(?P<lang>[a-z]*)\n(?P<code>.*?)^```\s*$", re.S | re.M)
 MARKER = re.compile(r"<!-- readme-test: (?P<spec>.*?) -->\s*$")
-#: what a scratch checkout links to (the rest of the repository is not needed to run the README)
+AFTER = re.compile(r"^<!-- readme-test: after (?P<doc>\S+) -->\s*$", re.M)
+#: the languages a block may have: commands, and the rest
+COMMAND_LANGS = ("bash", "python")
+OTHER_LANGS = ("text", "yaml")
+#: what a scratch checkout links to (the rest of the repository is not needed to run the documents)
 LINKED = ("lightning_gait", "conf", "experiments", "benchmarks", "results", "notebooks", "scripts", "tests",
-          "README.md", "pyproject.toml", "requirements.txt", "requirements-runtime.txt")
+          "docs", "README.md", "pyproject.toml", "requirements.txt", "requirements-runtime.txt")
 #: appended to a training `fit` command: two batches per phase
 SHORT = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2", "--trainer.limit_test_batches", "2"]
 
 
-def readme_blocks():
-    """``(line, lang, code, spec)`` of every fenced block; ``spec`` is the marker's text or None."""
-    text = README.read_text()
-    blocks = []
+def name(doc: Path) -> str:
+    """``README.md``, ``docs/training.md``: a document as the tests and markers call it."""
+    return doc.relative_to(REPO_ROOT).as_posix()
+
+
+@dataclass
+class Block:
+    doc: Path
+    line: int
+    lang: str
+    code: str
+    spec: Optional[str]
+
+    @property
+    def where(self) -> str:
+        return f"{name(self.doc)} line {self.line}"
+
+
+def blocks(doc: Path) -> List[Block]:
+    """Every fenced block of ``doc``, with the marker above it (or None)."""
+    text = doc.read_text()
+    found = []
     for m in BLOCK.finditer(text):
         line = text.count("\n", 0, m.start()) + 1
         before = text[:m.start()].rstrip("\n").rsplit("\n", 1)[-1]
         marker = MARKER.search(before)
-        blocks.append((line, m.group("lang"), m.group("code"), marker.group("spec") if marker else None))
-    return blocks
+        found.append(Block(doc, line, m.group("lang"), m.group("code"), marker.group("spec") if marker else None))
+    return found
+
+
+def dependencies(doc: Path) -> List[Path]:
+    """The documents ``doc`` says it runs after."""
+    return [REPO_ROOT / m.group("doc") for m in AFTER.finditer(doc.read_text())]
 
 
 def parse_spec(spec: str):
-    """``(kind, creates, reason)`` of a marker: kind is run, slow or skip."""
-    kind, _, rest = spec.partition(";") if not spec.startswith("skip") else ("skip", "", spec)
-    kind = kind.strip()
-    if kind == "skip":
+    """``(kind, args, reason)`` of a marker: kind is run, slow, python, module or skip."""
+    if spec.startswith("skip"):
         return "skip", [], spec.partition(":")[2].strip()
-    creates = rest.strip().split()
-    if creates and creates[0] == "creates":
-        creates = creates[1:]
-    elif creates:
+    if spec.startswith("module "):
+        return "module", spec.split()[1:], ""
+    kind, _, rest = spec.partition(";")
+    words = rest.split()
+    if words and words[0] == "creates":
+        words = words[1:]
+    elif words:
         raise ValueError(f"unknown marker {spec!r}")
-    return kind, creates, ""
+    return kind.strip(), words, ""
 
 
-def bash_cases():
-    cases = []
-    for line, lang, code, spec in readme_blocks():
-        if lang != "bash" or spec is None:
+# ---------------------------------------------------------------------- every block is marked
+@pytest.mark.parametrize("doc", DOCUMENTS, ids=name)
+def test_every_command_block_is_marked_and_every_skip_has_a_reason(doc):
+    allowed = {"bash": ("run", "slow", "skip"), "python": ("python", "module", "skip")}
+    for block in blocks(doc):
+        assert block.lang in COMMAND_LANGS + OTHER_LANGS, (
+            f"{block.where}: a block in {block.lang or 'no language'}; give it one of {COMMAND_LANGS + OTHER_LANGS}")
+        if block.lang not in COMMAND_LANGS:
+            assert block.spec in (None, "printed"), f"{block.where}: marker {block.spec!r} on a {block.lang} block"
+            assert block.spec is None or printed_by(block) is not None, f"{block.where}: no run block above it"
             continue
-        kind, creates, _ = parse_spec(spec)
-        if kind == "skip":
-            continue
-        marks = [pytest.mark.slow] if kind == "slow" else []
-        cases.append(pytest.param(line, code, creates, id=f"line{line}", marks=marks))
-    return cases
+        assert block.spec is not None, f"{block.where}: a {block.lang} block without a readme-test marker"
+        kind, args, reason = parse_spec(block.spec)
+        assert kind in allowed[block.lang], f"{block.where}: marker {block.spec!r} on a {block.lang} block"
+        assert kind != "skip" or reason, f"{block.where}: a skip without a reason"
+        assert kind != "module" or len(args) == 1, f"{block.where}: `module` names one module"
+    for dep in dependencies(doc):
+        assert dep in DOCUMENTS, f"{name(doc)} runs after {dep}, which is not a checked document"
 
 
-def test_every_bash_block_is_marked_and_every_skip_has_a_reason():
-    blocks = [(line, spec) for line, lang, _, spec in readme_blocks() if lang == "bash"]
-    assert blocks
-    unmarked = [line for line, spec in blocks if spec is None]
-    assert not unmarked, f"README bash blocks without a readme-test marker at lines {unmarked}"
-    for line, spec in blocks:
-        kind, _, reason = parse_spec(spec)
-        assert kind in ("run", "slow", "skip"), (line, spec)
-        assert kind != "skip" or reason, f"line {line}: a skip without a reason"
-    assert sum(parse_spec(spec)[0] == "run" for _, spec in blocks) >= 3
+def test_the_readme_and_the_docs_run_commands():
+    kinds = [parse_spec(b.spec)[0] for doc in DOCUMENTS for b in blocks(doc) if b.spec]
+    assert kinds.count("run") >= 5 and kinds.count("python") >= 4, kinds
+
+
+def test_module_blocks_compile():
+    for doc in DOCUMENTS:
+        for block in blocks(doc):
+            if block.spec and parse_spec(block.spec)[0] == "module":
+                compile(block.code, block.where, "exec")
+
+
+def test_the_readme_tests_what_ci_runs():
+    """The README's test command is the one `.ci/run` runs."""
+    ci = [line.strip() for line in (REPO_ROOT / ".ci" / "run").read_text().splitlines()
+          if "pytest" in line and not line.lstrip().startswith("#")]
+    assert ci == ["python -m pytest -q"], ci
+    readme = [line for b in blocks(README) if b.lang == "bash" for line in commands(b.code)]
+    assert ci[0] in readme
 
 
 # ---------------------------------------------------------------------- a scratch checkout
@@ -111,8 +172,8 @@ def scratch_checkout(root: Path, data_root: Path) -> Path:
     """``root/checkout`` linking the repository's folders, ``root/shared/data``, ``.venv/bin/python``."""
     checkout = root / "checkout"
     checkout.mkdir()
-    for name in LINKED:
-        (checkout / name).symlink_to(REPO_ROOT / name)
+    for item in LINKED:
+        (checkout / item).symlink_to(REPO_ROOT / item)
     (root / "shared").mkdir()
     (root / "shared" / "data").symlink_to(data_root)
     for folder in (checkout / ".venv" / "bin", root / "bin"):
@@ -155,23 +216,42 @@ def shortened(command: str, data_root: Path) -> str:
     return command + " " + " ".join(extra)
 
 
-@pytest.mark.parametrize("line, code, creates", bash_cases())
-def test_readme_block_runs(line, code, creates, data_root, tmp_path):
-    checkout = scratch_checkout(tmp_path, data_root)
-    env = new_user_env(tmp_path)
-    for command in commands(code):
+def printed_by(text_block: Block) -> Optional[Block]:
+    """The ``run`` block whose output a ``printed`` block shows: the last one above it."""
+    above = [b for b in blocks(text_block.doc) if b.line < text_block.line and b.lang == "bash"
+             and b.spec and parse_spec(b.spec)[0] == "run"]
+    return above[-1] if above else None
+
+
+def label(line: str) -> str:
+    line = line.strip()
+    return line.split(" = ", 1)[0] if " = " in line else line.split(":", 1)[0]
+
+
+def check_printed(text_block: Block, output: str) -> None:
+    printed = {label(line) for line in output.splitlines() if line.strip()}
+    missing = [label(line) for line in text_block.code.splitlines() if line.strip() and label(line) not in printed]
+    assert not missing, f"{text_block.where}: the block above does not print lines labelled {missing}\n{output[-3000:]}"
+
+
+def run_bash_block(block: Block, creates: List[str], checkout: Path, env: dict, data_root: Path) -> str:
+    """Run the block's commands; their standard output, joined."""
+    output = ""
+    for command in commands(block.code):
         run = shortened(command, data_root)
         result = subprocess.run(["bash", "-c", run], cwd=checkout, env=env, stdin=subprocess.DEVNULL,
                                 capture_output=True, text=True, timeout=900)
         assert result.returncode == 0, (
-            f"README line {line}: `{command}` failed (exit {result.returncode}; run as `{run}`)\n"
+            f"{block.where}: `{command}` failed (exit {result.returncode}; run as `{run}`)\n"
             f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        output += result.stdout
     for pattern in creates:
-        assert glob.glob(str(checkout / pattern)), f"README line {line}: no {pattern} after the block"
+        assert glob.glob(str(checkout / pattern)), f"{block.where}: no {pattern} after the block"
+    return output
 
 
-# ---------------------------------------------------------------------- the Python snippets
-#: before the snippets: this test's only changes (two batches per phase; the generated data's checksums)
+#: before the python sessions: this test's only changes (two batches per phase; the generated
+#: data's checksums)
 PRELUDE = '''
 import functools
 import pytorch_lightning as pl
@@ -191,23 +271,102 @@ if GENERATED:
                                                               verify_checksums=False)
 '''
 
-EPILOGUE = '''
-assert trainer.state.finished and trainer.global_step == 2, trainer.state
-assert len(grads) == net.num_layers and len(bp) == net.num_layers
-print("README python session: OK")
+#: each document's session in a namespace of its own; every trainer it leaves must have trained
+SESSIONS = '''
+for _doc, _blocks in SESSIONS:
+    _namespace = {"__name__": "__main__"}
+    for _where, _code in _blocks:
+        exec(compile(_code, _where, "exec"), _namespace)
+    for _value in list(_namespace.values()):
+        if isinstance(_value, _Trainer):
+            assert _value.state.finished and _value.global_step > 0, (_doc, _value.state)
+    print(f"{_doc}: python session OK")
 '''
 
 
-def test_readme_python_session_runs(data_root, tmp_path):
-    snippets = [(line, code) for line, lang, code, spec in readme_blocks() if lang == "python" and spec == "python"]
-    assert len(snippets) >= 3
+def session_creates(docs: List[Path]) -> List[tuple]:
+    return [(b, pattern) for doc in docs for b in python_sessions(doc) for pattern in parse_spec(b.spec)[1]]
+
+
+def python_sessions(doc: Path) -> List[Block]:
+    return [b for b in blocks(doc) if b.lang == "python" and b.spec and parse_spec(b.spec)[0] == "python"]
+
+
+@dataclass
+class Workspace:
+    """One scratch checkout in which each document's ``run`` blocks run once, dependencies first."""
+
+    checkout: Path
+    env: dict
+    data_root: Path
+    done: Dict[Path, Optional[str]] = field(default_factory=dict)  # document -> None (passed) or its failure
+
+    def run(self, doc: Path) -> None:
+        if doc in self.done:
+            if self.done[doc] is not None:
+                pytest.fail(f"{name(doc)}, which this depends on, failed: {self.done[doc][:2000]}")
+            return
+        self.done[doc] = "a cycle of `after` comments"
+        for dep in dependencies(doc):
+            self.run(dep)
+        try:
+            outputs = {}
+            for block in blocks(doc):
+                kind, creates, _ = parse_spec(block.spec) if block.spec else (None, [], "")
+                if block.lang == "bash" and kind == "run":
+                    outputs[block.line] = run_bash_block(block, creates, self.checkout, self.env, self.data_root)
+                elif block.spec == "printed":
+                    check_printed(block, outputs[printed_by(block).line])
+        except BaseException as err:
+            self.done[doc] = str(err)
+            raise
+        self.done[doc] = None
+
+    def run_sessions(self, docs: List[Path]) -> str:
+        """The python sessions of ``docs``, in one process; its output."""
+        for doc in docs:
+            self.run(doc)
+        sessions = [(name(doc), [(b.where, b.code) for b in python_sessions(doc)]) for doc in docs]
+        script = f"GENERATED = {generated(self.data_root)!r}\nSESSIONS = {sessions!r}\n" + PRELUDE + SESSIONS
+        (self.checkout / "docs_sessions.py").write_text(script)
+        result = subprocess.run([sys.executable, "docs_sessions.py"], cwd=self.checkout, env=self.env,
+                                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return result.stdout
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, data_root) -> Workspace:
+    root = tmp_path_factory.mktemp("docs")
+    return Workspace(scratch_checkout(root, data_root), new_user_env(root), data_root)
+
+
+def runnable(doc: Path) -> bool:
+    return any(b.spec and parse_spec(b.spec)[0] == "run" for b in blocks(doc) if b.lang == "bash")
+
+
+@pytest.mark.parametrize("doc", [d for d in DOCUMENTS if runnable(d)], ids=name)
+def test_document_commands_run(doc, workspace):
+    workspace.run(doc)
+
+
+def test_document_python_sessions_run(workspace):
+    docs = [doc for doc in DOCUMENTS if python_sessions(doc)]
+    assert len(docs) >= 3
+    printed = workspace.run_sessions(docs)
+    for doc in docs:
+        assert f"{name(doc)}: python session OK" in printed
+    for block, pattern in session_creates(docs):
+        assert glob.glob(str(workspace.checkout / pattern)), f"{block.where}: no {pattern} after the session"
+
+
+def slow_cases():
+    return [pytest.param(block, id=f"{name(doc)}:line{block.line}", marks=pytest.mark.slow)
+            for doc in DOCUMENTS for block in blocks(doc)
+            if block.lang == "bash" and block.spec and parse_spec(block.spec)[0] == "slow"]
+
+
+@pytest.mark.parametrize("block", slow_cases())
+def test_slow_block_runs(block, data_root, tmp_path):
     checkout = scratch_checkout(tmp_path, data_root)
-    script = f"GENERATED = {generated(data_root)!r}\n" + PRELUDE
-    for line, code in snippets:
-        script += f"\n# README line {line}\n" + code
-    script += EPILOGUE
-    (checkout / "readme_session.py").write_text(script)
-    result = subprocess.run([sys.executable, "readme_session.py"], cwd=checkout, env=new_user_env(tmp_path),
-                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "README python session: OK" in result.stdout
+    run_bash_block(block, parse_spec(block.spec)[1], checkout, new_user_env(tmp_path), data_root)

@@ -129,12 +129,12 @@ def test_every_rule_trains_it_from_the_cli(case, tiny_cifar_root, tmp_path, monk
 
 
 def _readme_example_module():
-    """The README's "Bring your own network and data" code blocks, as module ``mypackage``."""
+    """docs/extending.md's "Bring your own network and data" code blocks, as module ``mypackage``."""
     import re
     import sys
     import types
 
-    text = (REPO_ROOT / "README.md").read_text()
+    text = (REPO_ROOT / "docs" / "extending.md").read_text()
     section = text.split("### Bring your own network and data", 1)[1].split("\n##", 1)[0]
     blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
     commands = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
@@ -142,7 +142,7 @@ def _readme_example_module():
     module = types.ModuleType("mypackage")
     sys.modules["mypackage"] = module
     for block in blocks:
-        exec(compile(block, "README.md", "exec"), module.__dict__)
+        exec(compile(block, "docs/extending.md", "exec"), module.__dict__)
     return module, commands[0]
 
 

@@ -16,7 +16,8 @@ Constants follow ``docs/gait-prop.md`` ("Activations"), with ``alpha = 0.1``.
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict
+from functools import lru_cache
+from typing import Callable, Dict, Optional
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +31,24 @@ __all__ = [
     "ACTIVATIONS",
     "build_activation",
 ]
+
+
+@lru_cache(maxsize=None)
+def _rounded(value: float, dtype: torch.dtype) -> float:
+    return float(torch.tensor(value, dtype=dtype)) if dtype.is_floating_point else value
+
+
+def _slope_times(v: Tensor, x: Tensor, slope: float, out: Optional[Tensor] = None) -> Tensor:
+    """``v`` where ``x > 0``, ``v * slope`` elsewhere (NaN in ``x`` counts as not above 0).
+
+    PyTorch's leaky-ReLU backward: one fused pass; ``out`` may be ``v`` itself. The slope
+    is first rounded to ``v``'s dtype, so that the product is ``v`` times that number,
+    rounded once, in every dtype (half-precision kernels compute in float32).
+    """
+    slope = _rounded(slope, v.dtype)
+    if out is None:
+        return torch.ops.aten.leaky_relu_backward(v, x, slope, False)
+    return torch.ops.aten.leaky_relu_backward.grad_input(v, x, slope, False, grad_input=out)
 
 
 class InvertibleActivation(nn.Module):
@@ -55,6 +74,21 @@ class InvertibleActivation(nn.Module):
         """``f^-1(f(z) + h) - z``, exact for tiny ``h``."""
         raise NotImplementedError
 
+    def times_derivative(self, z: Tensor, grad: Tensor) -> Tensor:
+        """``grad * f'(z)``: a gradient with respect to ``f(z)`` taken back to ``z``."""
+        return grad * self.derivative(z)
+
+    def nudge_difference(self, z: Tensor, e: Tensor, gamma: Tensor, a: Optional[Tensor] = None) -> Tensor:
+        """GAIT-prop's nudge in the difference form: ``f^-1(a + eps e) - z`` with
+        ``eps = gamma f'(z)^2`` and ``a = f(z)``.
+
+        ``gamma`` broadcasts against ``z`` (one value per sample, shaped ``(N, 1, ...)``);
+        ``a``, when given, is ``f(z)`` as the forward pass computed it. Subclasses may
+        compute it with fewer passes over memory; the value is the same to round-off.
+        """
+        eps = gamma * self.derivative(z) ** 2
+        return self.inverse_difference(z, eps * e)
+
     def extra_repr(self) -> str:
         return ""
 
@@ -76,21 +110,26 @@ class Identity(InvertibleActivation):
     def inverse_difference(self, z: Tensor, h: Tensor) -> Tensor:
         return h
 
+    def times_derivative(self, z: Tensor, grad: Tensor) -> Tensor:
+        return grad
+
+    def nudge_difference(self, z: Tensor, e: Tensor, gamma: Tensor, a: Optional[Tensor] = None) -> Tensor:
+        return gamma * e
+
 
 class LeakyReLU(InvertibleActivation):
     """Leaky ReLU: ``f(x) = x`` for ``x >= 0``, ``alpha * x`` otherwise.
 
-    Everything here is arithmetic, no boolean masks: on CPU ``torch.where`` over large
-    batches is far slower than elementwise arithmetic (``benchmarks/README.md``), and
-    these four functions run at every layer of every step. The value is
-    :func:`torch.nn.functional.leaky_relu` (whose backward autograd uses), the inverse
-    is a leaky ReLU with slope ``1 / alpha``, and slopes are blended from
-    ``step(z) = clamp(sign(z), min=0)`` (exactly 1 above zero, 0 at and below it) as
-    ``step + (1 - step) * c``, which gives exactly 1 and exactly ``c`` in any dtype.
-    At ``z = 0`` exactly the slope is ``alpha``, as in PyTorch's leaky ReLU backward.
-    ``torch.sign``
-    maps NaN to 0, so :meth:`derivative` adds ``0 * z`` to keep NaN (and infinities)
-    non-finite; :meth:`inverse_difference` carries them through ``f(z)`` and ``h``.
+    Everything here is arithmetic on whole tensors, no boolean masks: on CPU
+    ``torch.where`` over large batches is far slower than elementwise arithmetic
+    (``benchmarks/README.md``), and these functions run at every layer of every step.
+    The value is :func:`torch.nn.functional.leaky_relu` (whose backward autograd uses), the
+    inverse a leaky ReLU with slope ``1 / alpha``. A product with a slope chosen by the
+    sign of another tensor, ``v * (1 if x > 0 else c)``, is PyTorch's fused leaky-ReLU
+    backward (``torch.ops.aten.leaky_relu_backward(v, x, c)``): one pass, exactly ``v`` or
+    ``v * c`` rounded once. At ``z = 0`` exactly the slope is ``alpha``, as in PyTorch's
+    leaky ReLU backward. :meth:`derivative` keeps NaN (and infinities) non-finite;
+    :meth:`inverse_difference` carries them through ``f(z)`` and ``h``.
     """
 
     name = "leaky_relu"
@@ -101,13 +140,6 @@ class LeakyReLU(InvertibleActivation):
             raise ValueError(f"alpha must lie in (0, 1) for an invertible leaky ReLU, got {alpha}")
         self.alpha = float(alpha)
 
-    @staticmethod
-    def _slope(x: Tensor, negative_slope: float) -> Tensor:
-        """1 where ``x > 0``, ``negative_slope`` elsewhere (NaN counts as not above 0); new tensor."""
-        step = torch.sign(x).clamp_(min=0.0)
-        # step + (1 - step) * c: exactly 1 or exactly c
-        return torch.rsub(step, 1.0).mul_(negative_slope).add_(step)
-
     def forward(self, z: Tensor) -> Tensor:
         return F.leaky_relu(z, self.alpha)
 
@@ -115,18 +147,56 @@ class LeakyReLU(InvertibleActivation):
         return F.leaky_relu(a, 1.0 / self.alpha)
 
     def derivative(self, z: Tensor) -> Tensor:
-        return self._slope(z, self.alpha).add_(z * 0.0)  # + 0 z: NaN and inf stay non-finite
+        # the slope times one, + 0 z: NaN and inf stay non-finite
+        return _slope_times(torch.ones_like(z), z, self.alpha).add_(z * 0.0)
+
+    def times_derivative(self, z: Tensor, grad: Tensor) -> Tensor:
+        return _slope_times(grad, z, self.alpha)
 
     def inverse_difference(self, z: Tensor, h: Tensor) -> Tensor:
-        # f^-1(y) = y * s(y) with s = 1 (y > 0) or 1/alpha, so with a = f(z):
-        # f^-1(a + h) - z = h * s(a + h) + a * (s(a + h) - s(a)).
-        # The second term is nonzero only when a + h crosses the kink, and then it is
-        # not small, so nothing is lost to cancellation. (Any s(0) gives the same value.)
-        a = self.forward(z)
+        return self._inverse_difference(z, h, self.forward(z), reuse_h=False)
+
+    def nudge_difference(self, z: Tensor, e: Tensor, gamma: Tensor, a: Optional[Tensor] = None) -> Tensor:
+        """``f^-1(a + eps e) - z`` with ``eps = gamma f'(z)^2``: ``gamma f'(z) e`` for every
+        unit whose nudged value stays on its side of the kink, the exact crossing formula
+        of :meth:`inverse_difference` for the others.
+
+        A unit can cross only where ``|a| <= |eps e| <= gamma max|e|`` (per sample): on a
+        CPU those few candidates are found by two comparisons and fixed in place, so the
+        whole nudge costs one new tensor and a few passes over memory; elsewhere (a GPU,
+        where elementwise work is cheap and finding them would synchronise) every unit
+        takes the full formula.
+        """
+        a = self.forward(z) if a is None else a
+        if z.device.type != "cpu":
+            h = _slope_times(e, z, self.alpha * self.alpha).mul_(gamma)  # eps e: the squared slope is 1 or alpha^2
+            return self._inverse_difference(z, h, a, reuse_h=True)
+        out = _slope_times(e, z, self.alpha).mul_(gamma)  # gamma f'(z) e = eps e / f'(z)
+        dims = tuple(range(1, e.dim()))
+        largest = torch.maximum(e.amax(dim=dims), e.amin(dim=dims).neg())  # max |e| per sample, no copy of e
+        bound = largest.view(-1, *([1] * len(dims))) * gamma * 1.001  # >= |eps e|, with room for rounding
+        near = a <= bound
+        near &= a >= -bound
+        index = near.nonzero(as_tuple=True)
+        if index[0].numel():
+            zi = z[index]
+            h = gamma.expand_as(z)[index] * self.derivative(zi) ** 2 * e[index]
+            out[index] = self._inverse_difference(zi, h, a[index], reuse_h=True)
+        return out
+
+    def _inverse_difference(self, z: Tensor, h: Tensor, a: Tensor, *, reuse_h: bool) -> Tensor:
+        # f^-1(y) = y s(y) with s = 1 (y > 0) or 1/alpha, so with a = f(z) and u = a + h:
+        #   f^-1(u) - z = h s(a) + u (s(u) - s(a)).
+        # The second term is nonzero only when u crosses the kink, and then it is not
+        # small, so nothing is lost to cancellation. It is computed as
+        # f^-1(u) - u s(a): both products are the same rounded u * s when u does not
+        # cross, so it is exactly zero there. (At a = 0, s(a) = 1/alpha, matching z <= 0.)
         inv_alpha = 1.0 / self.alpha
-        s_new = self._slope(a + h, inv_alpha)
-        jump = s_new - self._slope(a, inv_alpha)
-        return torch.addcmul(h * s_new, a, jump)
+        u = a + h
+        crossing = F.leaky_relu(u, _rounded(inv_alpha, u.dtype))  # the slope _slope_times uses
+        crossing.sub_(_slope_times(u, a, inv_alpha, out=u))
+        out = _slope_times(h, a, inv_alpha, out=h if reuse_h else None)
+        return out.add_(crossing)
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}"

@@ -122,7 +122,8 @@ def normalized_gamma(e: Tensor, eta: float) -> Tensor:
     difference and its updates are zero whatever gamma is, and ``1`` keeps the
     multiplier finite.
     """
-    norm = torch.linalg.vector_norm(e.flatten(1), dim=1)
+    # over every dimension but the batch, without flattening (which copies a channels-last tensor)
+    norm = torch.linalg.vector_norm(e, dim=tuple(range(1, e.dim())))
     scale = eta * math.sqrt(math.prod(e.shape[1:]))
     return torch.where(norm > 0, scale / torch.where(norm > 0, norm, torch.ones_like(norm)), torch.ones_like(norm))
 
@@ -151,10 +152,14 @@ def gait_nudge_difference(
     z: Tensor,
     e: Tensor,
     gamma: Tensor,
+    a: Optional[Tensor] = None,
 ) -> Tensor:
-    """Exact form: ``e_{l-1} = [f^-1(a + eps e) - z] W^-1``, without forming ``a + eps e``."""
-    eps = per_sample(gamma, z) * activation.derivative(z) ** 2
-    return inverse.solve(activation.inverse_difference(z, eps * e))
+    """Exact form: ``e_{l-1} = [f^-1(a + eps e) - z] W^-1``, without forming ``a + eps e``.
+
+    ``a`` is ``f(z)`` from the forward pass (recomputed when not given); the bracket is
+    :meth:`InvertibleActivation.nudge_difference`.
+    """
+    return inverse.solve(activation.nudge_difference(z, e, per_sample(gamma, z), a))
 
 
 def first_nonfinite(tensors: List[Optional[Tensor]], order: Optional[List[int]] = None) -> Optional[int]:

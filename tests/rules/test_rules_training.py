@@ -4,7 +4,9 @@ targets raise a ``NonFiniteError`` naming layer and step, or are skipped when as
 
 The problem is a synthetic 4-class classification in 20 dimensions (Gaussian clusters),
 a unit test of each rule, not a stand-in for CIFAR-10. The learning rate is raised to
-1e-3 (the rules' defaults are the paper's CIFAR-10 values).
+3e-3 (the rules' defaults are the paper's CIFAR-10 values), so that 10 epochs (80 steps)
+take every rule's loss below 0.7 of its start (0.56 or lower; the smooth activation is
+the slowest).
 """
 from __future__ import annotations
 
@@ -23,8 +25,8 @@ from lightning_gait.targets import normalized_gamma
 from _helpers import default_dtype
 
 IN_FEATURES, WIDTH, DEPTH, NUM_CLASSES = 20, 32, 3, 4
-NUM_SAMPLES, BATCH_SIZE, EPOCHS = 512, 64, 30  # 8 steps per epoch, 240 steps
-LR = 1e-3
+NUM_SAMPLES, BATCH_SIZE, EPOCHS = 512, 64, 10  # 8 steps per epoch, 80 steps
+LR = 3e-3
 
 
 def make_net(*, activation: str = "leaky_relu", square_output: bool = True, dtype=torch.float64, seed: int = 0):

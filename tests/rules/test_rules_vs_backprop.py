@@ -6,11 +6,14 @@ with backprop at the output layer only.
 
 Part 2 (the acceptance study of issue 2): 10 untrained orthogonal
 ``InvertibleMLP(3072, 500, 6)``, one batch of 256 real CIFAR-10 training images each
-(``../shared/data``; uniform [0, 1) inputs when the data set is absent, which the test
-ids say), GAIT-prop in several variants, per layer the Pearson correlation of the
+(the data folder, ``--data-dir`` or ``$LIGHTNING_GAIT_DATA``, else ``../shared/data``;
+uniform [0, 1) inputs when the data set is absent, which the test ids say), GAIT-prop in
+several variants, per layer the Pearson correlation of the
 flattened weight update with backprop's and ``||g - g_bp|| / ||g_bp||``, computed in
 float64. Networks are built with float64 as the default dtype, so that their weights
 are orthogonal to float64 precision. Run with ``-s`` to see the table of measurements.
+The default suite checks the same claims on the study's first ``QUICK_NETS`` networks (the
+same seeds and batches); the paper-scale study of all 10 is marked ``slow``.
 """
 from __future__ import annotations
 
@@ -169,6 +172,8 @@ def test_feedback_matrices_are_fixed_and_kept_in_the_checkpoint():
 
 # ============================================================== part 2: the Fig. 2B study
 NUM_NETS = 10
+#: networks of the study in the default suite (the first ones, same seeds and batches)
+QUICK_NETS = 3
 BATCH = 256
 CIFAR_BATCH_FILE = real_cifar_batch()  # the data folder given once: --data-dir or $LIGHTNING_GAIT_DATA
 HAVE_CIFAR = CIFAR_BATCH_FILE.is_file()
@@ -218,13 +223,14 @@ class Study:
     """Per variant, ``(NUM_NETS, 7)`` arrays of correlation and relative error with backprop."""
 
     activation: str
+    nets: int = NUM_NETS
     corr: Dict[str, np.ndarray] = field(default_factory=dict)
     rel: Dict[str, np.ndarray] = field(default_factory=dict)
     #: per form pair, ``(NUM_NETS, 7)`` relative differences between the two forms' updates
     form_gap: Dict[str, np.ndarray] = field(default_factory=dict)
 
     def table(self) -> str:
-        lines = [f"--- {self.activation}, data={DATA_ID}, batch {BATCH} (correlations in float64)"]
+        lines = [f"--- {self.activation}, {self.nets} nets, data={DATA_ID}, batch {BATCH} (correlations in float64)"]
         for name in self.corr:
             c, r = self.corr[name], self.rel[name]
             lines.append(
@@ -237,21 +243,27 @@ class Study:
         return "\n".join(lines)
 
 
-@pytest.fixture(scope="module", params=ACTIVATIONS)
+STUDIES = [pytest.param((activation, nets), id=f"{activation}-{nets}nets",
+                         marks=[pytest.mark.slow] if nets == NUM_NETS else [])
+           for nets in (QUICK_NETS, NUM_NETS) for activation in ACTIVATIONS]
+
+
+@pytest.fixture(scope="module", params=STUDIES)
 def study(request) -> Study:
     """Builds each network once, computes backprop once, then every variant on it."""
-    activation = request.param
-    result = Study(activation)
-    nets_of = {name: NUM_NETS for name in VARIANTS} | {name: NUM_FORM_NETS for name in FORM_VARIANTS}
+    activation, num_nets = request.param
+    result = Study(activation, num_nets)
+    form_nets = min(NUM_FORM_NETS, num_nets)
+    nets_of = {name: num_nets for name in VARIANTS} | {name: form_nets for name in FORM_VARIANTS}
     corr = {name: np.full((n, 7), np.nan) for name, n in nets_of.items()}
     rel = {name: np.full((n, 7), np.nan) for name, n in nets_of.items()}
     gap = {pair: np.full((nets_of[paper], 7), np.nan) for pair, (paper, _) in FORM_PAIRS.items()}
-    for k, (x, y) in enumerate(study_batches()):
+    for k, (x, y) in enumerate(study_batches()[:num_nets]):
         net64 = build_net(k, activation=activation, in_features=3072, width=500, depth=6, num_classes=10)
         net32 = copy.deepcopy(net64).to(torch.float32)
         bp = weight_grads(Backprop(net64), x, y)
         grads = {}
-        variants = VARIANTS | (FORM_VARIANTS if k < NUM_FORM_NETS else {})
+        variants = VARIANTS | (FORM_VARIANTS if k < form_nets else {})
         for name, (options, dtype) in variants.items():
             net = net64 if dtype == torch.float64 else net32
             grads[name] = weight_grads(GAITProp(net, **options), x.to(dtype), y)

@@ -3,10 +3,12 @@ from .base import ForwardTrace, InvertibleNetwork
 from .layers import (
     LayerInverse,
     MatrixView,
+    ProductInverse,
     layer_inverse,
     matrix_view,
     orthogonality_penalty,
     orthogonality_surrogate,
+    weight_gradient,
 )
 from .conv import InvertibleCNN
 from .conv_layers import Conv1x1, FlatLinear, PatchConv
@@ -26,4 +28,6 @@ __all__ = [
     "layer_inverse",
     "orthogonality_penalty",
     "orthogonality_surrogate",
+    "ProductInverse",
+    "weight_gradient",
 ]

@@ -141,6 +141,22 @@ class InvertibleNetwork(nn.Module, ABC):
             out.append((row[0], row[1]))
         return out
 
+    def update_objective(self, updates: List[Tuple[Tensor, Optional[Tensor]]]) -> Tensor:
+        """A scalar whose gradient with respect to each layer's weight and bias is ``updates``.
+
+        ``updates`` holds one ``(dW, db)`` per layer (``db`` ``None`` where there is no
+        bias; tensors without a graph): the objective is ``sum_l <W_l, dW_l> + <b_l, db_l>``,
+        so that one backward of it installs every update at the cost of a copy.
+        """
+        total = None
+        for layer, (dw, db) in zip(self.layers, updates):
+            term = (layer.weight * dw).sum()
+            bias = getattr(layer, "bias", None)
+            if bias is not None and db is not None:
+                term = term + (bias * db).sum()
+            total = term if total is None else total + term
+        return total
+
     def view(self, index: int) -> MatrixView:
         """Layer ``index``'s affine map as a matrix on rows (:func:`~lightning_gait.networks.layers.matrix_view`)."""
         return matrix_view(self.layers[index])

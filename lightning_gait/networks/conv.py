@@ -62,7 +62,10 @@ class InvertibleCNN(InvertibleNetwork):
         alpha: negative slope of the leaky activations.
 
     The network reshapes a flat batch ``(N, C*H*W)`` (row-major ``C, H, W``, as the
-    DataModules give it) into images; ``(N, C, H, W)`` is accepted as it is.
+    DataModules give it) into images; ``(N, C, H, W)`` is accepted as it is. Activations
+    are kept in channels-last memory order (shapes stay ``(N, C, H, W)``): the 1x1 and
+    patch convolutions and their inverses then work on rows without copies
+    (:mod:`~lightning_gait.networks.conv_layers`).
     :meth:`layout` lists each layer's shapes and parameter count.
     """
 
@@ -148,11 +151,12 @@ class InvertibleCNN(InvertibleNetwork):
 
     # ------------------------------------------------------------------ the contract
     def prepare_input(self, x: Tensor) -> Tensor:
-        """Images ``(N, C, H, W)`` from a flat batch ``(N, C*H*W)`` (row-major) or images."""
+        """Images ``(N, C, H, W)`` from a flat batch ``(N, C*H*W)`` (row-major) or images,
+        in channels-last memory order (see the class docstring)."""
         if x.dim() == 2 and x.shape[1] == math.prod(self.input_shape):
-            return x.reshape(x.shape[0], *self.input_shape)
+            return x.reshape(x.shape[0], *self.input_shape).contiguous(memory_format=torch.channels_last)
         if x.dim() == 4 and tuple(x.shape[1:]) == self.input_shape:
-            return x
+            return x.contiguous(memory_format=torch.channels_last)
         c, h, w = self.input_shape
         raise ValueError(
             f"input of shape {tuple(x.shape)} is neither (N, {c * h * w}) nor (N, {c}, {h}, {w}) "
@@ -162,15 +166,20 @@ class InvertibleCNN(InvertibleNetwork):
     def select_input(self, index: int, previous: Tensor) -> Tensor:
         """The first ``keep`` channels of the layer below where layer ``index`` factors out."""
         read = self._reads[index]
-        return previous if read is None else previous[:, :read]
+        if read is None:
+            return previous
+        # a channel slice of a channels-last tensor is strided: copy it once, channels last
+        return previous[:, :read].contiguous(memory_format=torch.channels_last)
 
     def expand_to_previous(self, index: int, value: Tensor, previous: Tensor, *, difference: bool) -> Tensor:
         """Put ``value`` on the channels layer ``index`` reads; the others keep their own value."""
         read = self._reads[index]
         if read is None:
             return value
-        rest = previous[:, read:]
-        return torch.cat([value, rest.new_zeros(rest.shape) if difference else rest], dim=1)
+        # in previous's memory order (channels last)
+        out = torch.zeros_like(previous) if difference else previous.clone()
+        out[:, :read] = value
+        return out
 
     # ------------------------------------------------------------------ description
     def layout(self) -> List[Dict[str, object]]:

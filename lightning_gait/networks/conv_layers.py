@@ -14,11 +14,21 @@
 The parameter ``weight`` of each layer *is* its matrix ``A`` (``(n_out, n_in)``,
 ``nn.Linear`` layout), so the orthogonality penalty, feedback alignment's feedback and the
 cached inverse work on it directly. Each registers its
-:func:`~lightning_gait.networks.layers.matrix_view`, from which comes the exact inverse:
-one LU factorisation of ``A`` and one batched solve for all rows of the batch
-(:class:`~lightning_gait.networks.layers.LayerInverse`). The forward passes use
+:func:`~lightning_gait.networks.layers.matrix_view` (so does ``nn.Conv2d``, whose rows are
+its unfolded, overlapping patches: never square, never inverted). The forward passes use
 ``F.conv2d`` (a convolution kernel that is a view of ``A``) and agree with the views to
 round-off.
+
+Speed on a CPU (``benchmarks/README.md``). The invertible CNN keeps its activations in
+channels-last memory order (``torch.channels_last``): a pixel's channels are contiguous,
+so the rows of a 1x1 convolution are a view of the activation (no copy) and the
+convolutions take oneDNN's fast channels-last path. :func:`rows_to_pixels` and
+:func:`rows_to_patches` return channels-last tensors. A batch holds far more rows (pixels,
+patches) than the matrix has columns, so :class:`Conv1x1` and :class:`PatchConv` are
+inverted by one explicit inverse of ``A`` per step and one matrix product over the rows
+(:class:`~lightning_gait.networks.layers.ProductInverse`), not by triangular solves over
+the rows; their updates come from one weight-gradient convolution
+(:func:`~lightning_gait.networks.layers.weight_gradient`).
 """
 from __future__ import annotations
 
@@ -29,7 +39,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .layers import MatrixView, matrix_view
+from .layers import MatrixView, ProductInverse, layer_inverse, matrix_view, weight_gradient
 
 __all__ = [
     "Conv1x1",
@@ -49,9 +59,13 @@ def pixels_to_rows(x: Tensor) -> Tensor:
 
 
 def rows_to_pixels(rows: Tensor, like: Tensor) -> Tensor:
-    """Undo :func:`pixels_to_rows`: ``(N * H * W, C') -> (N, C', H, W)``, ``N, H, W`` from ``like``."""
+    """Undo :func:`pixels_to_rows`: ``(N * H * W, C') -> (N, C', H, W)``, ``N, H, W`` from ``like``.
+
+    Returns a view of ``rows`` in channels-last memory order (no copy), the layout the
+    invertible CNN keeps its activations in.
+    """
     n, _, h, w = like.shape
-    return rows.reshape(n, h, w, -1).permute(0, 3, 1, 2).contiguous()
+    return rows.reshape(n, h, w, -1).permute(0, 3, 1, 2)
 
 
 def patches_to_rows(x: Tensor, k: int) -> Tensor:
@@ -69,7 +83,10 @@ def rows_to_patches(rows: Tensor, k: int, like: Tensor) -> Tensor:
     """Undo :func:`patches_to_rows`; ``like`` has the shape of the layer's output ``(N, C', H/k, W/k)``."""
     n, _, hp, wp = like.shape
     c = rows.shape[1] // (k * k)
-    return rows.reshape(n, hp, wp, c, k, k).permute(0, 3, 1, 4, 2, 5).reshape(n, c, hp * k, wp * k)
+    # (sample, patch row, patch column, channel, row, column) -> (sample, image row, image column,
+    # channel), one copy, then the channels-last view of the image
+    pixels = rows.reshape(n, hp, wp, c, k, k).permute(0, 1, 4, 2, 5, 3).reshape(n, hp * k, wp * k, c)
+    return pixels.permute(0, 3, 1, 2)
 
 
 # ---------------------------------------------------------------------- layers
@@ -177,6 +194,12 @@ def _(layer: Conv1x1) -> MatrixView:
 @matrix_view.register
 def _(layer: PatchConv) -> MatrixView:
     k = layer.patch
+
+    def product(r: Tensor, matrix: Tensor) -> Tensor:
+        # rows_to_patches(pixels_to_rows(r) @ M): a transposed convolution whose kernel is
+        # M, row o -> input channel o (no copy of the rows into patches)
+        return F.conv_transpose2d(r, matrix.reshape(matrix.shape[0], -1, k, k), stride=k)
+
     return MatrixView(
         layer.weight,
         layer.bias,
@@ -184,7 +207,29 @@ def _(layer: PatchConv) -> MatrixView:
         output_rows=pixels_to_rows,
         rows_to_input=lambda r, like: rows_to_patches(r, k, like),
         rows_to_output=rows_to_pixels,
+        product=product,
     )
+
+
+@matrix_view.register
+def _(layer: nn.Conv2d) -> MatrixView:
+    # any convolution (e.g. the CNN's first, 3x3 layer) applies its kernel, flattened, to the
+    # rows of its unfolded input patches (F.unfold's order: channel, kernel row, kernel
+    # column). The patches overlap, so rows do not map back to an input: such a layer is
+    # never square and never inverted.
+    if layer.groups != 1 or layer.padding_mode != "zeros" or isinstance(layer.padding, str):
+        raise TypeError(f"no matrix view for {layer!r}: only groups=1 and explicit zero padding")
+    options = dict(kernel_size=layer.kernel_size, dilation=layer.dilation, padding=layer.padding,
+                   stride=layer.stride)
+
+    def input_rows(x: Tensor) -> Tensor:
+        return F.unfold(x, **options).transpose(1, 2).reshape(-1, layer.weight[0].numel())
+
+    def rows_to_input(rows: Tensor, like: Tensor) -> Tensor:
+        raise NotImplementedError(f"{type(layer).__name__}: overlapping patches do not map back to an input")
+
+    return MatrixView(layer.weight.view(layer.out_channels, -1), layer.bias, input_rows=input_rows,
+                      output_rows=pixels_to_rows, rows_to_input=rows_to_input, rows_to_output=rows_to_pixels)
 
 
 @matrix_view.register
@@ -192,3 +237,29 @@ def _(layer: FlatLinear) -> MatrixView:
     shape = layer.input_shape
     return MatrixView(layer.weight, layer.bias, input_rows=lambda x: x.flatten(1),
                       rows_to_input=lambda r, like: r.reshape(r.shape[0], *shape))
+
+
+# ---------------------------------------------------------------------- inverses and updates
+@layer_inverse.register(Conv1x1)
+@layer_inverse.register(PatchConv)
+def _(layer):
+    # a batch holds far more pixels (rows) than the matrix has columns: one explicit
+    # inverse and one product over the rows beat triangular solves over the rows
+    return ProductInverse.from_view(matrix_view(layer))
+
+
+def _kernel_gradient(layer, x: Tensor, grad: Tensor, kernel: Tensor, stride: int):
+    _, dk, db = torch.ops.aten.convolution_backward(
+        grad, x, kernel, [layer.bias.shape[0]], [stride, stride], [0, 0], [1, 1], False, [0, 0], 1,
+        [False, True, True])
+    return dk.reshape(layer.weight.shape), db
+
+
+@weight_gradient.register
+def _(layer: Conv1x1, x: Tensor, grad: Tensor):
+    return _kernel_gradient(layer, x, grad, layer.weight[:, :, None, None], 1)
+
+
+@weight_gradient.register
+def _(layer: PatchConv, x: Tensor, grad: Tensor):
+    return _kernel_gradient(layer, x, grad, layer.kernel(), layer.patch)

@@ -10,7 +10,7 @@ from torch.profiler import record_function
 from ..inverses import InverseStrategy, build_inverse_strategy
 from pytorch_lightning.utilities import rank_zero_warn
 
-from ..networks import ForwardTrace, InvertibleNetwork, LayerInverse
+from ..networks import ForwardTrace, InvertibleNetwork, LayerInverse, weight_gradient
 from ..targets import (
     TARGET_MODES,
     TargetTrace,
@@ -18,8 +18,10 @@ from ..targets import (
     gait_nudge_absolute,
     gait_nudge_difference,
     normalized_gamma,
+    output_gradient,
+    per_sample,
 )
-from .base import LocalLearningRule
+from .base import LocalLearningRule, LocalObjective
 
 __all__ = ["GAITProp"]
 
@@ -146,7 +148,7 @@ class GAITProp(LocalLearningRule):
             input_target = gait_nudge_absolute(activation, inverse, trace.post[index], z, target, gamma)
             new_target = net.expand_to_previous(index, input_target, below, difference=False)
             return new_target - below, new_target
-        input_difference = gait_nudge_difference(activation, inverse, z, difference, gamma)
+        input_difference = gait_nudge_difference(activation, inverse, z, difference, gamma, trace.post[index])
         return net.expand_to_previous(index, input_difference, below, difference=True), None
 
     # ------------------------------------------------------------------ the pass
@@ -184,3 +186,50 @@ class GAITProp(LocalLearningRule):
         targets = self.target_trace(trace, g)
         self.last_diagnostics = targets
         return targets.signals()
+
+    def _pre_activation_signals(self, trace: ForwardTrace, g: Tensor, y: Tensor) -> List[Tensor]:
+        """``d loss_l / d z_l = s_l f'(z_l)`` per layer, ``s_l`` the signals of :meth:`layer_signals`.
+
+        Unless a subclass overrides :meth:`layer_signals`, they are made from the target
+        trace in one new tensor per layer, ``f'(z_l) (t_l - a_l)`` scaled in place by
+        ``-2 m_l`` (the signals themselves are not formed; the targets' own checks cover
+        them).
+        """
+        net = self.net
+        if type(self).layer_signals is not GAITProp.layer_signals:
+            signals = self.layer_signals(trace, g, y)
+            self.check_finite(signals, what="target signal")
+            return [net.activation_of(i).times_derivative(trace.pre[i], s) for i, s in enumerate(signals)]
+        targets = self.target_trace(trace, g)
+        self.last_diagnostics = targets
+        deltas = []
+        for i, (e, m) in enumerate(zip(targets.differences, targets.multipliers)):
+            delta = net.activation_of(i).times_derivative(trace.pre[i], e)
+            scale = per_sample(-2.0 * m, e)
+            deltas.append(delta * scale if delta is e else delta.mul_(scale))
+        return deltas
+
+    def local_objective(self, x: Tensor, y: Tensor) -> LocalObjective:
+        """Forward pass, targets and every layer's update, computed without an autograd graph.
+
+        The same updates as the base class's objective ``sum_l <s_l, a_l>`` differentiated
+        through a forward pass: layer ``l``'s update is the gradient of its local loss,
+        :func:`~lightning_gait.networks.weight_gradient` of ``s_l f'(z_l)`` (one product
+        per layer, the one autograd would compute). The objective returned is
+        :meth:`~lightning_gait.networks.InvertibleNetwork.update_objective` of those
+        updates, whose gradient is exactly them: one backward of it reaches every
+        parameter (under DDP, through the usual all-reduce), and nothing of the forward
+        pass is kept for it.
+        """
+        net = self.net
+        with torch.no_grad():
+            with record_function("lightning_gait.forward"):
+                trace = net.trace(x)
+            g, loss = output_gradient(trace.output, y, net.num_classes, self.loss_reduction)
+            with record_function("lightning_gait.targets"):
+                deltas = self._pre_activation_signals(trace, g, y)
+            with record_function("lightning_gait.backward"):
+                updates = [weight_gradient(layer, trace.inputs[i], delta)
+                           for i, (layer, delta) in enumerate(zip(net.layers, deltas))]
+        objective = net.update_objective(updates)
+        return LocalObjective(objective, loss, net.logits(trace.output), trace)

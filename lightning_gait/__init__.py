@@ -1,11 +1,12 @@
-"""lightning-gait: GAIT-prop and its peers as PyTorch Lightning modules."""
+"""lightning-gait: GAIT-prop and its peers as PyTorch Lightning modules.
+
+Importing the package changes no global state (warnings filters, loggers): the ``fit``
+command quiets third-party output for its own run (:mod:`lightning_gait._quiet`).
+"""
 from .activations import ACTIVATIONS, Identity, InvertibleActivation, LeakyReLU, SmoothLeakyReLU, build_activation
 from .networks import InvertibleCNN, InvertibleMLP, LayerInverse, orthogonality_penalty
 from .rules import Backprop, FeedbackAlignment, GAITProp, LocalLearningRule, TargetProp
-from ._quiet import quiet_third_party_output
 from .targets import NonFiniteError, TargetTrace
-
-quiet_third_party_output()  # Lightning's tips and one internal deprecation (see _quiet.py)
 
 __version__ = "0.1.0"
 

@@ -1,6 +1,7 @@
 """Third-party console output that tells a user of this package nothing, switched off where it starts.
 
-Installed once, when ``lightning_gait`` is imported (:func:`quiet_third_party_output`):
+Installed by the ``fit`` command when it starts (:func:`quiet_third_party_output`), never
+on import: a library imported into another program changes nothing global.
 
 * Lightning's promotional tips (``💡 Tip: ... litlogger ...``, printed once per ``Trainer``):
   a filter on Lightning's rank-zero loggers drops records that start with ``💡 Tip``.
@@ -9,8 +10,9 @@ Installed once, when ``lightning_gait`` is imported (:func:`quiet_third_party_ou
   ``pytorch_lightning.utilities._pytree`` builds a leaf spec: ignored for that module only,
   so that the same warning raised from any other code is still shown.
 
-W&B's output is configured where the run is created (:mod:`lightning_gait.wandb_run`), and
-the ``Trainer.fit`` stop message by ``fit`` (:class:`FitStopMessage`).
+W&B's console output is switched off where the run is configured
+(:func:`lightning_gait.wandb_run.wandb_init_args`), and the ``Trainer.fit`` stop message held
+back by ``fit`` (:class:`FitStopMessage`).
 """
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from .errors import UserError
 
 __all__ = ["AtomicCheckpointIO", "CheckpointWriteError", "ResumeCutEpoch", "SaveOnSigterm", "TEMP_SUFFIX",
-           "last_checkpoint_path", "remove_stale_temporaries"]
+           "install_run_ends", "last_checkpoint_path", "remove_stale_temporaries"]
 
 #: the suffix of a checkpoint being written (``.NAME.<random>.tmp`` beside ``NAME``)
 TEMP_SUFFIX = ".tmp"
@@ -184,3 +184,19 @@ class ResumeCutEpoch(pl.Callback):
         if total["processed"] == total["started"] == total["ready"] and total["completed"] == total["processed"] - 1:
             for progress in (total, current):
                 progress["processed"] -= 1
+
+
+def install_run_ends(trainer: "pl.Trainer") -> "SaveOnSigterm":
+    """Give ``trainer`` (built) the writer and callbacks of this module, as ``fit`` does; a
+    writer of one's own (``Trainer(plugins=...)``) is kept. Returns the :class:`SaveOnSigterm`."""
+    from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+    if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+        trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+    sigterm = next((cb for cb in trainer.callbacks if isinstance(cb, SaveOnSigterm)), None)
+    if sigterm is None:
+        sigterm = SaveOnSigterm()
+        trainer.callbacks.append(sigterm)
+    if not any(isinstance(cb, ResumeCutEpoch) for cb in trainer.callbacks):
+        trainer.callbacks.append(ResumeCutEpoch())
+    return sigterm

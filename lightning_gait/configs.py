@@ -1,46 +1,40 @@
-"""Configs that compose, found by name, with the network's sizes taken from the data.
+"""Configs found by name, and the network's sizes taken from the data.
 
-* **base.** A config file may start with ``base: FILE``: the file it extends. ``base.yaml``
-  holds what every regime shares (trainer, checkpoints, diagnostics, W&B logger, data) and
-  each ``NAME.yaml`` gives only what differs. :func:`expand_config_args` rewrites
-  ``--config conf/gait_norm.yaml`` into ``--config conf/base.yaml --config '<the regime's YAML
-  without base>'`` before jsonargparse parses, so jsonargparse merges them as it merges any
-  two ``--config``: nested keys merge (``trainer.logger.init_args.name`` alone keeps the
-  base's logger and its other arguments), a list given again replaces the base's list, and
-  ``callbacks+:`` appends to it. A base may have a base of its own.
-* **names.** The configs ship inside the package, in :data:`CONF_DIR` (``lightning_gait/conf``;
-  a checkout's top-level ``conf`` is a link to it). ``--config gait_norm`` (or
-  ``conv/gait_norm``, ``trainer/ddp_cpu``) is ``CONF_DIR/gait_norm.yaml``: a value that is
-  not a file is looked up in :data:`CONF_DIR`, ``.yaml`` optional, and a path that starts
-  with ``conf/`` is looked up there without that prefix, so that ``--config
-  conf/gait_norm.yaml`` works from any folder wherever the package is installed. A base is
-  looked up next to the file that names it, then in :data:`CONF_DIR`.
-* **sizes.** The network's ``in_features`` (the data's ``input_size``), ``input_shape`` and
-  ``num_classes`` are class attributes of the DataModule named by ``data.class_path``.
-  :func:`sizes_from_data` fills the ones a config leaves unset (None) and rejects hand-set
-  ones that differ from the data's.
+jsonargparse and LightningCLI do the composing (:mod:`lightning_gait.cli`): ``base.yaml`` is
+a default config file, read before any ``--config``; ``--config`` repeats to stack files
+(nested keys merge, a list given again replaces the earlier one, ``callbacks+:`` appends
+to it); ``link_arguments`` copies the data's sizes into the network's arguments. What they
+lack, and this module adds:
 
-Code that builds a regime without the command line goes through the same parser
-(``experiments.common.regime_cli``): there is no second reading of the configs.
+* **names.** jsonargparse takes a path or a YAML string. The configs ship inside the
+  package, in :data:`CONF_DIR` (``lightning_gait/conf``; a checkout's top-level ``conf`` is
+  a link to it), so ``--config gait_norm`` (or ``conv/gait_norm``, ``variants/f32``) names
+  ``CONF_DIR/gait_norm.yaml`` (:func:`find_config`): a value that is not a file is looked
+  up there, ``.yaml`` optional, a leading ``conf/`` dropped, so that ``--config
+  conf/gait_norm.yaml`` works from any folder. A name that matches nothing is answered
+  with the closest names and the list (:func:`unknown_config_message`).
+* **sizes.** The network's ``in_features``, ``input_shape`` and ``num_classes`` are class
+  attributes of the DataModule named by ``data.class_path`` (:data:`SIZE_KEYS`), read
+  without building it. A link overwrites a value given by hand without a word;
+  :func:`sizes_from_data` refuses one that differs from the data's.
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import yaml
 
-__all__ = ["CONF_DIR", "ConfigError", "SizeError", "expand_config_args", "find_config",
-           "regime_groups", "regime_names", "sizes_from_data"]
+__all__ = ["CONF_DIR", "DEFAULT_DATA", "NET_KEY", "SIZE_KEYS", "SizeError", "config_names", "data_size",
+           "find_config", "regime_groups", "regime_names", "sizes_from_data", "unknown_config_message"]
 
 #: the configs that come with the package (package data, installed with it)
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 #: the folder name of the configs in a checkout and in the documentation (``conf/gait_norm.yaml``)
 CONF_PREFIX = "conf"
-#: top-level key naming the file a config extends
-BASE_KEY = "base"
-#: the shared file, which is not a regime of its own
+#: the shared file, read before every ``--config``: not a regime of its own
 BASE_NAME = "base"
 #: network argument -> DataModule class attribute it takes
 SIZE_KEYS = {"in_features": "input_size", "input_shape": "input_shape", "num_classes": "num_classes"}
@@ -48,19 +42,14 @@ SIZE_KEYS = {"in_features": "input_size", "input_shape": "input_shape", "num_cla
 NET_KEY = "model.init_args.net"
 #: the data when a config names no ``data.class_path`` (the CLI's default too)
 DEFAULT_DATA = "lightning_gait.data.CIFAR10DataModule"
-
-_CONFIG_FLAGS = ("--config", "-c")
-
-
-class ConfigError(ValueError):
-    """A config's ``base`` cannot be found, bases form a cycle, or a file is not valid YAML."""
+#: subfolders of :data:`CONF_DIR` that hold no ``fit`` configs (W&B sweep specifications)
+NOT_FIT_CONFIGS = ("sweeps",)
 
 
 class SizeError(ValueError):
     """A size set in the config differs from the data's, or the data does not give it."""
 
 
-# ---------------------------------------------------------------------- finding files
 def _is_file(path: Path) -> bool:
     try:
         return path.is_file()
@@ -69,12 +58,9 @@ def _is_file(path: Path) -> bool:
 
 
 def find_config(value: str, relative_to: Optional[Path] = None) -> Optional[Path]:
-    """The file that a ``--config`` value or a ``base`` names, or None.
-
-    A path (relative to ``relative_to``, default the working directory) if that file
-    exists, else a file in :data:`CONF_DIR` (a leading ``conf/`` dropped); ``.yaml`` may be
-    left out.
-    """
+    """The file that a ``--config`` value names, or None: a path (relative to ``relative_to``,
+    default the working directory) if that file exists, else a file in :data:`CONF_DIR`
+    (a leading ``conf/`` dropped); ``.yaml`` may be left out."""
     if not isinstance(value, str) or not value or "\n" in value:
         return None
     given = Path(value).expanduser()
@@ -95,102 +81,61 @@ def regime_names(folder: Path = CONF_DIR) -> List[str]:
     return sorted(p.stem for p in folder.glob("*.yaml") if p.stem != BASE_NAME)
 
 
+def _builds_a_model(path: Path) -> bool:
+    content = yaml.safe_load(path.read_text())
+    return isinstance(content, dict) and isinstance(content.get("model"), dict) and "class_path" in content["model"]
+
+
 def regime_groups(folder: Path = CONF_DIR) -> Dict[str, List[str]]:
     """Regime configs in the subfolders of ``folder``, as names ``--config`` takes.
 
-    ``{"conv": ["conv/bp", ...]}``: in each subfolder, the files with a ``base`` key (files
-    without one, like ``trainer/*.yaml``, are settings to stack, not regimes).
+    ``{"conv": ["conv/bp", ...]}``: in each subfolder, the files that choose a model
+    (``model.class_path``); the others (``trainer/``, ``variants/``) are settings to stack.
     """
     groups: Dict[str, List[str]] = {}
     if not folder.is_dir():
         return groups
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
-        names = []
-        for path in sorted(sub.glob("*.yaml")):
-            content = yaml.safe_load(path.read_text())
-            if isinstance(content, dict) and BASE_KEY in content:
-                names.append(f"{sub.name}/{path.stem}")
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and p.name not in NOT_FIT_CONFIGS):
+        names = [f"{sub.name}/{path.stem}" for path in sorted(sub.glob("*.yaml")) if _builds_a_model(path)]
         if names:
             groups[sub.name] = names
     return groups
 
 
-# ---------------------------------------------------------------------- base expansion
-def _layers(path: Path, seen: Tuple[Path, ...] = ()) -> List[Tuple[Path, Optional[dict]]]:
-    """``path`` and its bases, the furthest base first, each with its content without ``base``.
-
-    The content is None for a file without ``base``: it is used whole, as a path.
-    """
-    if path in seen:
-        chain = " -> ".join(str(p) for p in (*seen, path))
-        raise ConfigError(f"config bases form a cycle: {chain}")
-    try:
-        content = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        where = getattr(err, "problem_mark", None)
-        at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"{path}: not valid YAML{at}: {problem}") from None
-    if not isinstance(content, dict) or BASE_KEY not in content:
-        return [(path, None)]
-    content = dict(content)
-    base = content.pop(BASE_KEY)
-    found = find_config(base, relative_to=path.parent) if isinstance(base, str) else None
-    if found is None:
-        raise ConfigError(f"{path}: base {base!r} not found (looked next to the file and in {CONF_DIR})")
-    return _layers(found, (*seen, path)) + [(path, content)]
+def config_names(folder: Path = CONF_DIR) -> List[str]:
+    """Every name ``--config`` takes in ``folder``: ``bp``, ..., ``conv/bp``, ..., ``variants/f32``."""
+    subs = sorted(p for p in folder.iterdir() if p.is_dir() and p.name not in NOT_FIT_CONFIGS) \
+        if folder.is_dir() else []
+    return regime_names(folder) + [f"{sub.name}/{p.stem}" for sub in subs for p in sorted(sub.glob("*.yaml"))]
 
 
-def _config_flags(args: Sequence[str]) -> Iterator[Tuple[str, Optional[str], Optional[str]]]:
-    """``(arg, flag, value)`` per argument of a command line: ``flag`` and ``value`` for a
-    config option in any of its forms (``--config V``, ``-c V``, ``--config=V``, ``-cV``,
-    ``-c=V``), else ``(arg, None, None)``."""
-    args = list(args)
-    i = 0
-    while i < len(args):
-        arg, flag, value = args[i], None, None
-        if arg in _CONFIG_FLAGS and i + 1 < len(args):
-            flag, value = arg, args[i + 1]
-            i += 1
-        elif isinstance(arg, str) and arg.startswith("--config="):
-            flag, value = "--config", arg.split("=", 1)[1]
-        elif isinstance(arg, str) and arg.startswith("-c") and len(arg) > 2 and not arg.startswith("--"):
-            flag, value = "--config", arg[2:].removeprefix("=")  # -cNAME, -c=NAME
-        i += 1
-        yield arg, flag, value
-
-
-def config_values(args: Sequence[str]) -> List[str]:
-    """The values of every config option of a command line, in order (any form of the flag)."""
-    return [value for _, flag, value in _config_flags(args) if flag is not None]
-
-
-def expand_config_args(args: Sequence[str]) -> List[str]:
-    """``args`` with every ``--config``/``-c`` value (also ``--config=V``, ``-cV``, ``-c=V``)
-    that names a file replaced by its layers.
-
-    A file without ``base`` stays a path (resolved, so that a name works); a file with one
-    becomes its base's layers followed by its own content as a YAML string. Other values
-    (YAML strings, missing files) are left to jsonargparse.
-    """
-    out: List[str] = []
-    for arg, flag, value in _config_flags(args):
-        found = None if flag is None else find_config(value)
-        if found is None:
-            out += [arg] if flag is None else [flag, value]
-            continue
-        for path, content in _layers(found):
-            if content is None:
-                out += [flag, str(path)]
-            elif content:
-                out += [flag, yaml.safe_dump(content, sort_keys=False)]
-    return out
+def unknown_config_message(value: str) -> str:
+    """One line for a ``--config`` value that is neither a file nor a config's name."""
+    names = config_names()
+    close = difflib.get_close_matches(value.removesuffix(".yaml").removeprefix(f"{CONF_PREFIX}/"), names, n=1,
+                                      cutoff=0.6)
+    hint = f" did you mean {close[0]}?" if close else ""
+    regimes = regime_names() + [n for group in regime_groups().values() for n in group]
+    return (f"--config {value}: no such file, nor a config of that name;{hint} configs: {', '.join(regimes)}; "
+            f"to stack: trainer/*, variants/* ({len(names)} names in all: --help)")
 
 
 # ---------------------------------------------------------------------- sizes from the data
 def import_class(class_path: str) -> type:
     module, _, name = class_path.rpartition(".")
     return getattr(importlib.import_module(module), name)
+
+
+def data_size(key: str):
+    """The ``compute_fn`` of the link from ``data.class_path`` to the network's ``key``: the
+    data class's attribute (:data:`SIZE_KEYS`), None when it has none."""
+    def from_data(class_path: Optional[str]) -> Any:
+        try:
+            value = getattr(import_class(class_path), SIZE_KEYS[key], None) if class_path else None
+        except (ImportError, AttributeError, ValueError):
+            return None  # jsonargparse reports the bad class_path itself
+        return [int(n) for n in value] if key == "input_shape" and value is not None else value
+    return from_data
 
 
 def _shape_text(shape: Sequence[int]) -> str:

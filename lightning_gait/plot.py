@@ -101,6 +101,16 @@ def _find(path: Path, pattern: str) -> List[Path]:
     return sorted(path.rglob(pattern), key=lambda p: p.stat().st_mtime)
 
 
+def find_runs(path: Path) -> List[Path]:
+    """The runs under a folder, oldest first: the newest ``run-*.wandb`` file of each W&B run
+    (a resumed run writes one per start), else every ``metrics.csv``."""
+    files = [p for p in _find(path, "run-*.wandb") if "latest-run" not in p.parts]
+    if files:
+        newest = {p.name: p for p in files}  # sorted by time: the last file of each run id wins
+        return sorted(newest.values(), key=lambda p: p.stat().st_mtime)
+    return _find(path, "metrics.csv")
+
+
 def load_run(path: Union[str, Path]) -> Tuple[Series, Path, str]:
     """``(series, source file, kind)`` for a ``metrics.csv``, a ``.wandb`` file or a folder of either.
 
@@ -320,12 +330,24 @@ def figures() -> List[Figure]:
 
 
 def plot_figures(path: Union[str, Path], *, out: Optional[Union[str, Path]] = None) -> Tuple[List[Path], List[str]]:
-    """Write every figure the run's logs allow: ``(PNG paths, one line per figure skipped and why)``."""
+    """Write every figure the run's logs allow: ``(PNG paths, one line per figure skipped and why)``.
+
+    A folder holding several runs gets the figures of each in ``OUT/<run>/``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
-    series, source, kind = load_run(path)
     out_dir = Path(out) if out is not None else (Path(path) if Path(path).is_dir() else Path(path).parent) / "plots"
+    runs = find_runs(Path(path)) if Path(path).is_dir() else []
+    if len(runs) > 1:
+        written, skipped = [], []
+        for run in runs:
+            title = run.parent.name if run.suffix == ".wandb" else f"{run.parent.parent.name}-{run.parent.name}"
+            more, missing = plot_figures(run, out=out_dir / title)
+            written += more
+            skipped += [f"{title}: {line}" for line in missing]
+        return written, skipped
+    series, source, kind = load_run(path)
     out_dir.mkdir(parents=True, exist_ok=True)
     title = source.parent.name if kind == "wandb" else f"{source.parent.parent.name}/{source.parent.name}"
     written, skipped = [], []
@@ -349,7 +371,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         description="PNG figures (accuracy, correlation with backprop, target norms, orthogonality) "
         "from a CSV-logged run (metrics.csv) or an offline W&B run folder.",
     )
-    parser.add_argument("run", help="metrics.csv, a run-*.wandb file, or a folder holding either")
+    parser.add_argument("run", help="metrics.csv, a run-*.wandb file, or a folder holding either (each run of a "
+                                    "folder holding several gets its own subfolder of figures)")
     parser.add_argument("--out", default=None, help="output folder (default: RUN/plots)")
     args = parser.parse_args(argv)
     try:

@@ -16,8 +16,9 @@ its ``checkpoints/`` (Lightning's ``ModelCheckpoint`` rule).
   Checked while holding the claim, so that no run can write in between.
 * :func:`check_resume_checkpoint`: the checkpoint to resume exists, reads completely, fits
   the model (parameter names and shapes) and was written in the trainer's precision.
-* :func:`resume_wandb_run`: a resumed run continues the W&B run (and so the folder) that
-  wrote the checkpoint; :func:`record_wandb_run` stores its id in every checkpoint.
+* :func:`record_run`: every checkpoint records the W&B run's id (:func:`wandb_run_id`
+  reads it back, so that a resumed run continues that run and its folder) and the rule and
+  network that wrote it.
 
 Each raises a :class:`~lightning_gait.errors.UserError` whose message names the file and
 what to do.
@@ -42,11 +43,13 @@ __all__ = [
     "checkpoint_folders",
     "run_folders",
     "refuse_another_runs_folder",
+    "resume_in_the_runs_folder",
     "check_resume_checkpoint",
     "model_record",
     "record_run",
     "record_wandb_run",
-    "resume_wandb_run",
+    "load_checkpoint",
+    "wandb_run_id",
 ]
 
 #: the checkpoint entry where lightning-gait records the run (``{"wandb_run_id": ...}``)
@@ -194,6 +197,30 @@ def run_folders(trainer) -> List[Path]:
     return ([base] if base is not None else []) + checkpoint_folders(trainer)
 
 
+def resume_in_the_runs_folder(config, args: List[str]) -> Optional[Path]:
+    """Without a logger, a resumed run continues in the folder of its checkpoint.
+
+    With ``--trainer.logger false`` the run folder is ``default_root_dir``; a resume that
+    does not give one on the command line would write its continuation to the config's
+    (``outputs``) instead of beside the checkpoint it continues. For a checkpoint in
+    ``RUN/checkpoints/``, ``trainer.default_root_dir`` becomes ``RUN``; returns it (None
+    when nothing changed).
+    """
+    ckpt = config.get("ckpt_path")
+    if not ckpt or config.get("trainer.logger") is not False:
+        return None
+    if any(isinstance(a, str) and a.split("=", 1)[0] == "--trainer.default_root_dir" for a in args):
+        return None
+    path = Path(ckpt).expanduser().resolve()
+    if path.parent.name != "checkpoints":
+        return None
+    folder = path.parent.parent
+    if Path(str(config.get("trainer.default_root_dir") or ".")).resolve() == folder:
+        return None
+    config["trainer.default_root_dir"] = str(folder)
+    return folder
+
+
 def refuse_another_runs_folder(trainer, ckpt_path: Optional[str]) -> None:
     """Raise :class:`RunFolderError` if this run would write its checkpoints into a folder
     holding another run's, unless it resumes from one of them. Checked on global rank 0."""
@@ -219,17 +246,9 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {first}" if first else type(err).__name__
 
 
-def check_resume_checkpoint(path: str, model, precision: str, model_config: Optional[dict] = None) -> Dict[str, Any]:
-    """Load the checkpoint at ``path`` (memory-mapped) and check that ``model`` under
-    ``precision`` can resume from it; return it. Raises :class:`CheckpointError`.
-
-    ``model_config`` (the ``model`` section of this run's configuration) is compared with
-    the one the checkpoint's run recorded (:func:`record_run`): another rule or another
-    network (class or settings, such as the activation) is refused even where the shapes
-    agree. The rule's own settings (``lr``, ``eta``, ...) may change; the rule says which
-    did when training starts."""
-    from .data.base import _PRECISION_DTYPES
-
+def load_checkpoint(path: str) -> Dict[str, Any]:
+    """The checkpoint at ``path``, memory-mapped; :class:`CheckpointError` naming what is wrong
+    with a path that is missing, a folder, a Lightning keyword, or not a readable checkpoint."""
     file = Path(path).expanduser()
     if not file.exists() and path in ("last", "best", "hpc", "registry"):
         raise CheckpointError(
@@ -247,6 +266,21 @@ def check_resume_checkpoint(path: str, model, precision: str, model_config: Opti
             f"--ckpt_path {path} cannot be read as a checkpoint ({_first_line(err)}): the file is truncated or "
             "damaged (a run killed while writing it?); resume from another checkpoint of the run"
         ) from None
+    return checkpoint
+
+
+def check_resume_checkpoint(path: str, model, precision: str, model_config: Optional[dict] = None) -> Dict[str, Any]:
+    """Load the checkpoint at ``path`` (memory-mapped) and check that ``model`` under
+    ``precision`` can resume from it; return it. Raises :class:`CheckpointError`.
+
+    ``model_config`` (the ``model`` section of this run's configuration) is compared with
+    the one the checkpoint's run recorded (:func:`record_run`): another rule or another
+    network (class or settings, such as the activation) is refused even where the shapes
+    agree. The rule's own settings (``lr``, ``eta``, ...) may change; the rule says which
+    did when training starts."""
+    from .data.base import _PRECISION_DTYPES
+
+    checkpoint = load_checkpoint(path)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"--ckpt_path {path} is not a Lightning checkpoint (it holds no state_dict)")
     if "optimizer_states" not in checkpoint or "loops" not in checkpoint:
@@ -282,6 +316,12 @@ def check_resume_checkpoint(path: str, model, precision: str, model_config: Opti
         )
     _check_same_model(path, (checkpoint.get(CHECKPOINT_KEY) or {}).get("model"), model_config)
     return checkpoint
+
+
+def wandb_run_id(path: str) -> Optional[str]:
+    """The id of the W&B run that wrote the checkpoint at ``path`` (None if it recorded none)."""
+    checkpoint = load_checkpoint(path)
+    return (checkpoint.get(CHECKPOINT_KEY) or {}).get("wandb_run_id") if isinstance(checkpoint, dict) else None
 
 
 def _settings(init_args: Optional[dict]) -> str:
@@ -335,18 +375,3 @@ def record_wandb_run(trainer, checkpoint: Dict[str, Any]) -> None:
         if _is_wandb(logger) and trainer.is_global_zero and logger.version:
             checkpoint.setdefault(CHECKPOINT_KEY, {})["wandb_run_id"] = str(logger.version)
             return
-
-
-def resume_wandb_run(loggers, checkpoint: Dict[str, Any]) -> Optional[str]:
-    """Make a not yet started W&B logger without an id of its own continue the run that
-    wrote ``checkpoint``; returns that run's id (``None`` when nothing was changed)."""
-    run_id = (checkpoint.get(CHECKPOINT_KEY) or {}).get("wandb_run_id")
-    if not run_id:
-        return None
-    for logger in loggers:
-        if _is_wandb(logger) and logger._experiment is None and not logger._id:
-            logger._id = run_id
-            logger._wandb_init["id"] = run_id
-            logger._wandb_init.setdefault("resume", "allow")
-            return run_id
-    return None

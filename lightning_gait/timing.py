@@ -1,4 +1,10 @@
-"""Small callbacks for throughput and wall time."""
+"""Wall time and throughput of training epochs: :class:`EpochTimer`.
+
+Lightning's ``ThroughputMonitor`` measures samples per second too, but writes only to the
+trainer's loggers (nothing with ``--trainer.logger false``), needs a ``batch_size_fn``, and
+keeps no epoch wall time, which ``fit``'s summary prints and the dashboards plot
+(``time/epoch_s``); ``LearningRateMonitor`` needs a logger as well. Hence this small one.
+"""
 from __future__ import annotations
 
 import time

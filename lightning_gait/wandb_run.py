@@ -1,53 +1,54 @@
 """What ``fit`` records in a W&B run besides the logged metrics and the resolved config.
 
+Everything goes through the W&B logger's documented arguments (``id``, and the
+``wandb.init`` keywords it passes on: ``group``, ``tags``, ``settings``), set in the
+configuration before the logger is built (:func:`wandb_init_args`), and through its public
+``log_hyperparams`` and ``experiment``:
+
 * The regime (``gait_norm``, ``bp``, ...) as the run's group and as a tag, so that the
   dashboard (:mod:`lightning_gait.dashboard`) groups runs by regime: the name of the first
-  ``--config`` that is a regime (``conf/NAME.yaml``, or any config file with a ``base:``),
-  else the logger's run name. A group given to the logger (``--trainer.logger.init_args.group``)
-  or in ``WANDB_RUN_GROUP`` wins over it.
+  ``--config`` file that chooses a model (``model.class_path``), else the logger's run
+  name. A group given to the logger (``--trainer.logger.init_args.group``) or in
+  ``WANDB_RUN_GROUP`` wins over it.
+* A resumed run continues the W&B run that wrote the checkpoint (its ``id``, recorded in
+  every checkpoint by :func:`lightning_gait.runs.record_run`), and so its folder.
 * ``lightning_gait.version`` (the package version) and ``lightning_gait.git_commit`` (the
   commit of the checkout the package is imported from, with ``git_dirty``; None when it
-  is not a git checkout) in the run's config.
+  is not a git checkout) in the run's config (logged with the resolved config).
 * ``val/acc_best`` in the run summary: the best validation accuracy of the run.
-* W&B's own console output kept to what a user acts on: ``quiet`` (no history sparklines,
-  no repeated ``wandb sync`` hint, which ``fit`` prints once), no ``anonymous`` argument
-  (Lightning passes ``anonymous=None``, which W&B warns has no effect), and the run's
-  ``save_dir`` created before the run starts (W&B warns when it looks for a git root in a
-  folder that does not exist yet).
+* W&B's own console output off (``settings.silent``): ``fit`` prints the one line that
+  matters, the ``wandb sync`` command of an offline run.
 
-The group, tag and config go into the arguments of ``wandb.init``, before the run starts.
 Lightning's ``WandbLogger`` starts the run on global rank 0 only (the other ranks get a
 dummy experiment), so a data-parallel training is one W&B run.
 """
 from __future__ import annotations
 
+import netrc
 import os
 import subprocess
+import sys
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Any, Dict, Optional
 
-__all__ = ["regime_of", "git_commit", "run_metadata", "label_wandb_loggers", "record_summary"]
+__all__ = ["configure_wandb_mode", "regime_of", "git_commit", "run_metadata", "wandb_credentials_present",
+           "wandb_init_args", "record_summary"]
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-def regime_of(args: Sequence[str], logger_name: Optional[str] = None) -> Optional[str]:
-    """The regime named by ``args`` (a ``fit`` command line, before its configs are expanded)."""
+def regime_of(config, logger_name: Optional[str] = None) -> Optional[str]:
+    """The regime of a parsed ``fit`` configuration: the name of its first ``--config`` file
+    that chooses a model, else ``logger_name``."""
     import yaml
 
-    from .configs import BASE_KEY, CONF_DIR, config_values, find_config, regime_names
-
-    for value in config_values(args):
-        path = find_config(value) if isinstance(value, str) else None
-        if path is None:
-            continue
-        if path.parent == CONF_DIR.resolve() and path.stem in regime_names():
-            return path.stem
+    for value in config.get("config") or []:
         try:
-            if BASE_KEY in (yaml.safe_load(path.read_text()) or {}):
-                return path.stem
-        except (OSError, yaml.YAMLError, TypeError):
+            content = yaml.safe_load(Path(str(value)).read_text())
+        except (OSError, yaml.YAMLError):
             continue
+        if isinstance(content, dict) and isinstance(content.get("model"), dict) and "class_path" in content["model"]:
+            return Path(str(value)).stem
     return logger_name or None
 
 
@@ -76,33 +77,28 @@ def run_metadata() -> Dict[str, object]:
     return {"version": __version__, "git_commit": commit, "git_dirty": dirty}
 
 
-def label_wandb_loggers(loggers, regime: Optional[str]) -> None:
-    """Give every not yet started W&B run of ``loggers`` the regime (group, tag) and the metadata."""
-    from pytorch_lightning.loggers import WandbLogger
+def wandb_init_args(config, init_args) -> Dict[str, Any]:
+    """The W&B logger arguments that ``fit`` adds to ``init_args`` (the logger's configured
+    ones) for the parsed ``config``: ``group`` and ``tags`` naming the regime, quiet
+    ``settings`` and, on resume, the ``id`` of the run that wrote ``--ckpt_path``."""
+    from .runs import wandb_run_id
 
-    for logger in loggers:
-        if not isinstance(logger, WandbLogger):
-            continue
-        metadata = {"lightning_gait": run_metadata()}
-        if logger._experiment is not None:  # already started: tag and config only
-            if regime:
-                logger.experiment.tags = tuple(dict.fromkeys([*(logger.experiment.tags or ()), regime]))
-            logger.experiment.config.update(metadata, allow_val_change=True)
-            continue
-        init = logger._wandb_init
-        if regime:
-            if not init.get("group") and not os.environ.get("WANDB_RUN_GROUP"):  # a given group wins
-                init["group"] = regime
-            env_tags = [t for t in os.environ.get("WANDB_TAGS", "").split(",") if t]
-            init["tags"] = list(dict.fromkeys([*env_tags, *(init.get("tags") or []), regime]))
-        init["config"] = {**(init.get("config") or {}), **metadata}
-        if init.get("anonymous") is None:
-            init.pop("anonymous", None)
-        settings = init.get("settings")
-        if settings is None or isinstance(settings, dict):
-            init["settings"] = {"quiet": True, **(settings or {})}
-        if init.get("dir"):
-            Path(init["dir"]).mkdir(parents=True, exist_ok=True)
+    extra: Dict[str, Any] = {}
+    regime = regime_of(config, init_args.get("name"))
+    if regime:
+        if not init_args.get("group") and not os.environ.get("WANDB_RUN_GROUP"):  # a given group wins
+            extra["group"] = regime
+        env_tags = [t for t in os.environ.get("WANDB_TAGS", "").split(",") if t]
+        extra["tags"] = list(dict.fromkeys([*env_tags, *(init_args.get("tags") or []), regime]))
+    settings = init_args.get("settings")
+    if settings is None or isinstance(settings, dict):
+        extra["settings"] = {"silent": True, **(settings or {})}
+    ckpt = config.get("ckpt_path")
+    if ckpt and not init_args.get("id") and not init_args.get("version"):
+        run_id = wandb_run_id(ckpt)
+        if run_id:
+            extra["id"] = run_id
+    return extra
 
 
 def record_summary(trainer) -> None:
@@ -115,3 +111,28 @@ def record_summary(trainer) -> None:
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
             logger.experiment.summary["val/acc_best"] = float(best)
+
+
+def wandb_credentials_present() -> bool:
+    """True when W&B could log in without asking: an API key in the environment or netrc."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+    try:
+        auth = netrc.netrc(os.environ.get("NETRC") or None).authenticators(host)
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+    return bool(auth and auth[2])
+
+
+def configure_wandb_mode(*, announce: bool = True) -> bool:
+    """Switch W&B to offline when it would otherwise prompt for a login. Returns True if it did.
+
+    ``announce`` prints one line saying so.
+    """
+    if "WANDB_MODE" in os.environ or wandb_credentials_present():
+        return False
+    os.environ["WANDB_MODE"] = "offline"
+    if announce:
+        print("W&B: no API key found (WANDB_API_KEY or `wandb login`); logging offline.", file=sys.stderr)
+    return True

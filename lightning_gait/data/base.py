@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Dict, Optional, Tuple
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, SequentialSampler
 
@@ -302,6 +303,12 @@ class ImageDataModule(pl.LightningDataModule):
                 f"{self.data_folder.resolve()} has {len(train_labels)} images; hold out fewer "
                 "(--data.val_size 0 validates on the test set)"
             )
+        if self.val_size > len(train_labels) // 2:  # base.yaml's 5,000 on a small data set of one's own
+            n = len(train_labels)
+            rank_zero_warn(
+                f"--data.val_size {self.val_size} holds out {self.val_size} of the {n} training images of {self.name} "
+                f"({100 * self.val_size / n:.0f}%), leaving {n - self.val_size} to train on; set --data.val_size for "
+                "this data set (0 validates on the test set)")
         if self.val_size > 0:
             g = torch.Generator().manual_seed(self.split_seed)
             perm = torch.randperm(len(train_labels), generator=g)

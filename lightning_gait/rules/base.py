@@ -46,12 +46,13 @@ from typing import Any, List, Optional, Tuple
 
 import torch
 import pytorch_lightning as pl
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.profiler import record_function
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from ..activations import InvertibleActivation
 from ..errors import NonFiniteError
 from ..networks import ForwardTrace, InvertibleNetwork, orthogonality_surrogate
 from ..targets import output_gradient
@@ -79,6 +80,42 @@ class LocalObjective:
     loss: Tensor
     logits: Tensor
     trace: Optional[ForwardTrace] = None
+
+
+def check_network(net: Any, rule: str) -> None:
+    """Check ``net`` against the network contract (``networks/base.py``) when the rule is
+    built, naming the missing piece: a ``ValueError`` whose message starts with ``net``."""
+    if not isinstance(net, nn.Module) and (isinstance(net, dict) or hasattr(net, "class_path")
+                                            or type(net).__name__ in ("Namespace", "NestedArg")):
+        raise ValueError(
+            f"net reached {rule}.__init__ as a config value, not a network: annotate the argument "
+            f"`net: InvertibleNetwork` (from lightning_gait.networks) in {rule}.__init__, so that the CLI builds it")
+    if not isinstance(net, InvertibleNetwork):
+        raise ValueError(f"net must implement lightning_gait.networks.InvertibleNetwork (e.g. InvertibleMLP), "
+                         f"got {type(net).__name__}")
+    name = type(net).__name__
+    layers = getattr(net, "layers", None)
+    if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
+        raise ValueError(f"net {name} sets no `layers`: set self.layers = nn.ModuleList([...]) (input to output, "
+                         "each with a weight and a bias) in its __init__")
+    classes = getattr(net, "num_classes", None)
+    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
+        raise ValueError(f"net {name} sets no `num_classes` (a positive int, got {classes!r}): set it in __init__")
+    for index, layer in enumerate(layers):
+        try:
+            net.view(index)
+        except (NotImplementedError, TypeError) as err:
+            raise ValueError(f"net {name}: layer {index + 1} ({type(layer).__name__}): {err}") from None
+        try:
+            activation = net.activation_of(index)
+        except NotImplementedError as err:
+            raise ValueError(f"net {err}") from None
+        if not isinstance(activation, InvertibleActivation):
+            raise ValueError(
+                f"net {name}: the activation after layer {index + 1} is {type(activation).__module__}."
+                f"{type(activation).__name__}, not a lightning_gait.activations.InvertibleActivation (targets "
+                "need its inverse and derivative): use build_activation('leaky_relu'), or subclass "
+                "InvertibleActivation")
 
 
 class LocalLearningRule(StepGuards, AdamOptimizer, pl.LightningModule):
@@ -130,11 +167,7 @@ class LocalLearningRule(StepGuards, AdamOptimizer, pl.LightningModule):
         fused_adam: Optional[bool] = None,
     ) -> None:
         super().__init__()
-        if not isinstance(net, InvertibleNetwork):
-            raise ValueError(
-                f"net must implement lightning_gait.networks.InvertibleNetwork (e.g. InvertibleMLP), "
-                f"got {type(net).__name__}"
-            )
+        check_network(net, type(self).__name__)
         if self.requires_invertible and not net.invertible:
             raise ValueError(
                 f"{type(self).__name__} inverts layers and needs a network whose layers after the first "

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from lightning_gait import fit
-from lightning_gait.configs import ConfigError, SizeError, expand_config_args, regime_names, sizes_from_data
+from lightning_gait.configs import SizeError, regime_names, sizes_from_data
 
 from conftest import REPO_ROOT
 CONFIGS = [REPO_ROOT / "conf" / f"{name}.yaml" for name in regime_names(REPO_ROOT / "conf")]
@@ -111,8 +111,7 @@ def test_regime_files_hold_only_their_differences():
         lines = [line for line in path.read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
         assert len(lines) <= 30 and len(lines) < 0.75 * len(base_lines), (path.name, len(lines))
         own = yaml.safe_load(path.read_text())
-        assert own["base"] == "base.yaml"
-        assert set(own) <= {"base", "trainer", "model"}, path.name
+        assert set(own) <= {"trainer", "model"}, path.name  # base.yaml is read first, by default
         assert set(own["trainer"]) <= {"logger", "callbacks+"}, path.name
         assert set(own["trainer"]["logger"]) == {"init_args"} and set(own["trainer"]["logger"]["init_args"]) == {"name"}
         net = own["model"]["init_args"]["net"]["init_args"]
@@ -168,35 +167,6 @@ def test_config_by_name_and_a_second_config(monkeypatch):
     # --data.X is short for --data.init_args.X
     data = resolved("--config", "gait_norm", "--data.data_dir", "/elsewhere", "--data.download", "false")["data"]
     assert data["init_args"]["data_dir"] == "/elsewhere" and data["init_args"]["download"] is False
-
-
-def test_base_is_expanded_before_parsing(tmp_path):
-    args = expand_config_args(["--config", "gait_norm", "--trainer.max_epochs", "3"])
-    assert args[:2] == ["--config", str((REPO_ROOT / "conf" / "base.yaml").resolve())]
-    assert args[2] == "--config" and yaml.safe_load(args[3])["model"]["class_path"] == "lightning_gait.GAITProp"
-    assert "base" not in yaml.safe_load(args[3]) and args[4:] == ["--trainer.max_epochs", "3"]
-    # a file without a base, and a YAML string, pass through
-    trainer = str((REPO_ROOT / "conf" / "trainer" / "ddp_cpu.yaml").resolve())
-    assert expand_config_args(["-c", "trainer/ddp_cpu", "-c", "{seed_everything: 1}"]) == \
-        ["-c", trainer, "-c", "{seed_everything: 1}"]
-    # a copy elsewhere finds base.yaml in conf/; a base of a base is followed
-    (tmp_path / "mine.yaml").write_text("base: gait_norm.yaml\nseed_everything: 5\n")
-    layered = expand_config_args(["--config", str(tmp_path / "mine.yaml")])
-    assert len(layered) == 6 and yaml.safe_load(layered[5]) == {"seed_everything": 5}
-    (tmp_path / "lost.yaml").write_text("base: nowhere.yaml\n")
-    with pytest.raises(ConfigError, match="nowhere.yaml"):
-        expand_config_args(["--config", str(tmp_path / "lost.yaml")])
-    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
-    with pytest.raises(ConfigError, match="cycle"):
-        expand_config_args(["--config", str(tmp_path / "loop.yaml")])
-    # the short flag glued to its value names a config too
-    assert expand_config_args(["-cgait_norm"])[:2] == expand_config_args(["-c=gait_norm"])[:2] == \
-        ["--config", str((REPO_ROOT / "conf" / "base.yaml").resolve())]
-    # a malformed file in the chain is named, with the place of the problem
-    (tmp_path / "broken.yaml").write_text("base: gait_norm\nmodel:\n  init_args:\n    lr: [1, 2\n")
-    (tmp_path / "child.yaml").write_text("base: broken.yaml\n")
-    with pytest.raises(ConfigError, match=r"broken\.yaml: not valid YAML \(line 5, column 1\)"):
-        expand_config_args(["--config", str(tmp_path / "child.yaml")])
 
 
 def test_fit_leaves_a_w_and_b_run_it_did_not_start_open(tmp_path, monkeypatch):

@@ -149,14 +149,14 @@ def test_run_records_regime_config_version_and_best(regime_runs):
 
 
 def test_regime_of_command_lines(tmp_path):
-    assert regime_of(["--config", "gait_norm", "--config", "trainer/ddp_cpu"]) == "gait_norm"
-    assert regime_of([f"--config={REPO_ROOT}/conf/tp.yaml"], "x") == "tp"
-    assert regime_of(["-cbp", "-c", "trainer/ddp_cpu"], "x") == "bp"
-    assert regime_of(["-c=fa"], "x") == "fa"
+    """The regime of a parsed fit configuration: its first --config file that chooses a model."""
+    conf = REPO_ROOT / "conf"
+    assert regime_of({"config": [conf / "gait_norm.yaml", conf / "trainer" / "ddp_cpu.yaml"]}) == "gait_norm"
+    assert regime_of({"config": [conf / "trainer" / "ddp_cpu.yaml", conf / "bp.yaml"]}, "x") == "bp"
     own = tmp_path / "my_regime.yaml"
-    own.write_text("base: gait_norm.yaml\n")
-    assert regime_of(["--config", str(own)]) == "my_regime"
-    assert regime_of(["--trainer.max_epochs", "1"], "from_logger") == "from_logger"
+    own.write_text("model:\n  class_path: lightning_gait.GAITProp\n")
+    assert regime_of({"config": [own]}) == "my_regime"
+    assert regime_of({"config": []}, "from_logger") == "from_logger"
 
 
 # ---------------------------------------------------------------------- sweeps

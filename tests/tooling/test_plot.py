@@ -107,7 +107,7 @@ def test_a_layer_keeps_its_colour_across_panels_and_axes_have_no_offset():
     plt.close(fig)
 
 
-def test_every_skipped_figure_is_named_with_its_reason(tmp_path):
+def test_every_skipped_figure_is_named_with_its_reason(tmp_path, capsys):
     rows = [{"step": 50, "train/acc_step": 0.1, **{k: v[1][0] for k, v in _series_near_one().items()
                                                   if k.startswith("bp_corr")}},
             {"step": 100, "ortho/layer_2": 0.0021, "ortho/layer_3": 0.0019}]
@@ -118,11 +118,10 @@ def test_every_skipped_figure_is_named_with_its_reason(tmp_path):
         writer = csv.DictWriter(f, keys)
         writer.writeheader()
         writer.writerows(rows)
-    result = subprocess.run([sys.executable, "-m", "lightning_gait.plot", str(path)], cwd=REPO_ROOT,
-                            capture_output=True, text=True, timeout=180)
-    assert result.returncode == 0, result.stderr
-    assert {Path(p).name for p in result.stdout.split()} == {"accuracy.png", "bp_alignment.png", "orthogonality.png"}
-    assert result.stderr.splitlines() == [
+    assert plot.main([str(path)]) == 0  # in this process: the command itself runs in the test above
+    result = capsys.readouterr()
+    assert {Path(p).name for p in result.out.split()} == {"accuracy.png", "bp_alignment.png", "orthogonality.png"}
+    assert result.err.splitlines() == [
         "skipped target_norms.png: the run logged no target_norm/layer_k, gamma/layer_k or "
         "log10_multiplier/layer_k (logged by TargetNorms, on in the GAIT-prop and TP configs)",
         "skipped bp_alignment_at_init.png: the run logged no bp_corr_init/layer_k "

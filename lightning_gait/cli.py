@@ -58,6 +58,11 @@ class NamedConfigFile(ActionConfigFile):
     def __call__(self, parser, cfg, values, option_string=None):
         found = find_config(values)
         if found is not None:
+            content = yaml.safe_load(found.read_text()) if found.suffix in (".yaml", ".yml") else None
+            if isinstance(content, dict) and "base" in content:
+                raise argparse.ArgumentError(self, f"--config {values} starts with `base:`, which is gone: "
+                                                   "conf/base.yaml is read before every --config (stack further "
+                                                   "files with another --config); delete the line")
             values = str(found)
         elif isinstance(values, str) and re.fullmatch(r"[\w./~+-]+", values):  # a name or path, not YAML
             raise argparse.ArgumentError(self, unknown_config_message(values))
@@ -239,9 +244,9 @@ def user_error_line(err: BaseException, config=None, parser=None) -> str:
     named = re.search(r"--config \S+: no such file, nor a config of that name.*", message)
     if named:
         return f"error: {named.group(0)}"
-    if re.search(r"(Key|Option) 'base' is not accepted", message) or "Key \"base\"" in message:
-        return ("error: a config file starts with `base:`, which is gone: conf/base.yaml is read before every "
-                "--config (stack further files with another --config); delete the line")
+    old_base = re.search(r"--config \S+ starts with `base:`.*", message)
+    if old_base:
+        return f"error: {old_base.group(0)}"
     keys, classes, problem = _leaf(message)
     problem = re.sub(r"<class '([\w.]+)'>", r"\1", problem).replace("Expected a ", "expected ").replace(
         ". Got value: ", ", got ")

@@ -104,5 +104,5 @@ def test_a_config_with_the_old_base_key_is_told_what_changed(tmp_path, capsys):
     old.write_text("base: base.yaml\nseed_everything: 3\n")
     assert fit.main(["--config", str(old), "--trainer.logger", "false"]) == 2
     assert capsys.readouterr().err.strip() == (
-        "error: a config file starts with `base:`, which is gone: conf/base.yaml is read before every --config "
+        f"error: --config {old} starts with `base:`, which is gone: conf/base.yaml is read before every --config "
         "(stack further files with another --config); delete the line")

@@ -334,9 +334,8 @@ def test_trainer_config_composes_with_a_rule_config(trainer_config, monkeypatch)
 
 
 def diagnostics_config(tmp_path: Path, *, every_n_steps: int = 1) -> Path:
-    """conf/gait_norm.yaml with the three diagnostics callbacks measuring every step and a CSV logger."""
+    """The three diagnostics callbacks measuring every step and a CSV logger (stacked on conf/gait_norm.yaml)."""
     config = {
-        "base": str(REPO_ROOT / "conf" / "gait_norm.yaml"),
         "trainer": {
             "callbacks": [{"class_path": f"lightning_gait.callbacks.{name}", "init_args": {"every_n_steps": every_n_steps}}
                           for name in ("BPCorrelation", "TargetNorms", "Orthogonality")],
@@ -352,8 +351,8 @@ def diagnostics_config(tmp_path: Path, *, every_n_steps: int = 1) -> Path:
 def test_fit_cli_two_processes_with_callbacks(tiny_cifar_root, tmp_path):
     config = diagnostics_config(tmp_path)
     cmd = [
-        sys.executable, "-m", "lightning_gait.fit", "--config", str(config),
-        "--config", str(REPO_ROOT / "conf" / "trainer" / "ddp_cpu.yaml"),
+        sys.executable, "-m", "lightning_gait.fit", "--config", str(REPO_ROOT / "conf" / "gait_norm.yaml"),
+        "--config", str(config), "--config", str(REPO_ROOT / "conf" / "trainer" / "ddp_cpu.yaml"),
         "--data.data_dir", str(tiny_cifar_root), "--data.verify_checksums", "false",
         "--data.val_size", "64", "--data.batch_size", "64", "--trainer.max_steps", "3",
         "--model.init_args.net.init_args.width", "16", "--model.init_args.net.init_args.depth", "2",

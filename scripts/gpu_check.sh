@@ -26,6 +26,8 @@ if [ "${1:-}" = "--prepare" ]; then
     SITE=$(.venv/bin/python -c "import jsonargparse, os; print(os.path.dirname(os.path.dirname(jsonargparse.__file__)))")
     rm -rf .gpu_pydeps && mkdir -p .gpu_pydeps
     for pkg in jsonargparse docstring_parser typeshed_client; do cp -r "$SITE/$pkg" .gpu_pydeps/; done
+    # the dist-info folders too: Lightning checks jsonargparse[signatures] by its installed metadata
+    cp -r "$SITE"/jsonargparse-*.dist-info "$SITE"/docstring_parser-*.dist-info "$SITE"/typeshed_client-*.dist-info .gpu_pydeps/
     grep -qx '/.gpu_pydeps/' .git/info/exclude 2>/dev/null || echo '/.gpu_pydeps/' >> .git/info/exclude
     du -sh .gpu_pydeps
     exit 0

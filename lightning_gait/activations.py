@@ -33,6 +33,18 @@ __all__ = [
 ]
 
 
+def _row_view(t: Tensor):
+    """``(rows, rows_per_sample)``: a 2-D view of ``t`` without a copy, one row per pixel of
+    a channels-last ``(N, C, H, W)`` tensor or per sample of a contiguous one; ``None``
+    when ``t`` has no such view."""
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        n, c, h, w = t.shape
+        return t.permute(0, 2, 3, 1).reshape(n * h * w, c), h * w
+    if t.is_contiguous() and t.dim() >= 1:
+        return t.reshape(t.shape[0], -1), 1
+    return None
+
+
 @lru_cache(maxsize=None)
 def _rounded(value: float, dtype: torch.dtype) -> float:
     return float(torch.tensor(value, dtype=dtype)) if dtype.is_floating_point else value
@@ -161,27 +173,31 @@ class LeakyReLU(InvertibleActivation):
         unit whose nudged value stays on its side of the kink, the exact crossing formula
         of :meth:`inverse_difference` for the others.
 
-        A unit can cross only where ``|a| <= |eps e| <= gamma max|e|`` (per sample): on a
-        CPU those few candidates are found by two comparisons and fixed in place, so the
-        whole nudge costs one new tensor and a few passes over memory; elsewhere (a GPU,
-        where elementwise work is cheap and finding them would synchronise) every unit
-        takes the full formula.
+        A unit can cross only where ``|a| <= |eps e| <= gamma max|e|`` (per sample). On a
+        CPU the few rows (pixels, or samples of a dense layer) holding such a unit are
+        found by two comparisons and take the full formula; the whole nudge then costs one
+        new tensor and a few passes over memory. Elsewhere (a GPU, where elementwise work
+        is cheap and finding them would synchronise), or for tensors without a row view,
+        every unit takes the full formula.
         """
         a = self.forward(z) if a is None else a
-        if z.device.type != "cpu":
+        out = _slope_times(e, z, self.alpha).mul_(gamma)  # gamma f'(z) e = eps e / f'(z)
+        views = [_row_view(t) for t in (z, a, e, out)]
+        if z.device.type != "cpu" or any(v is None for v in views):
             h = _slope_times(e, z, self.alpha * self.alpha).mul_(gamma)  # eps e: the squared slope is 1 or alpha^2
             return self._inverse_difference(z, h, a, reuse_h=True)
-        out = _slope_times(e, z, self.alpha).mul_(gamma)  # gamma f'(z) e = eps e / f'(z)
+        (z_rows, per_sample), (a_rows, _), (e_rows, _), (out_rows, _) = views
         dims = tuple(range(1, e.dim()))
         largest = torch.maximum(e.amax(dim=dims), e.amin(dim=dims).neg())  # max |e| per sample, no copy of e
         bound = largest.view(-1, *([1] * len(dims))) * gamma * 1.001  # >= |eps e|, with room for rounding
         near = a <= bound
         near &= a >= -bound
-        index = near.nonzero(as_tuple=True)
-        if index[0].numel():
-            zi = z[index]
-            h = gamma.expand_as(z)[index] * self.derivative(zi) ** 2 * e[index]
-            out[index] = self._inverse_difference(zi, h, a[index], reuse_h=True)
+        rows = _row_view(near)[0].any(dim=1).nonzero().squeeze(1)
+        if rows.numel():
+            zr = z_rows[rows]
+            g = gamma.reshape(-1) if gamma.numel() > 1 else gamma.reshape(1).expand(len(z))
+            h = g[rows // per_sample].unsqueeze(1) * self.derivative(zr) ** 2 * e_rows[rows]
+            out_rows[rows] = self._inverse_difference(zr, h, a_rows[rows], reuse_h=True)
         return out
 
     def _inverse_difference(self, z: Tensor, h: Tensor, a: Tensor, *, reuse_h: bool) -> Tensor:

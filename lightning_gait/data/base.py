@@ -304,11 +304,9 @@ class ImageDataModule(pl.LightningDataModule):
                 "(--data.val_size 0 validates on the test set)"
             )
         if self.val_size > len(train_labels) // 2:  # base.yaml's 5,000 on a small data set of one's own
-            n = len(train_labels)
-            rank_zero_warn(
-                f"--data.val_size {self.val_size} holds out {self.val_size} of the {n} training images of {self.name} "
-                f"({100 * self.val_size / n:.0f}%), leaving {n - self.val_size} to train on; set --data.val_size for "
-                "this data set (0 validates on the test set)")
+            rank_zero_warn(f"--data.val_size {self.val_size} holds out {self.val_size} of the {len(train_labels)} "
+                           f"training images of {self.name} ({100 * self.val_size / len(train_labels):.0f}%); set "
+                           "--data.val_size for this data set (0 validates on the test set)")
         if self.val_size > 0:
             g = torch.Generator().manual_seed(self.split_seed)
             perm = torch.randperm(len(train_labels), generator=g)
@@ -341,7 +339,6 @@ class ImageDataModule(pl.LightningDataModule):
                                                      tag_epoch=self.augments)
         else:
             sampler = EpochSeededSampler(dataset, seed=self.shuffle_seed, tag_epoch=self.augments)
-        # the training loader resumes mid-epoch (after SIGTERM, or an epoch cut by max_steps) exactly
         return (ResumableLoader if train else DataLoader)(
             dataset,
             batch_size=self.batch_size,
@@ -371,10 +368,8 @@ class ImageDataModule(pl.LightningDataModule):
         The split depends on ``(val_size, split_seed)``, the training order on
         ``(shuffle_seed, epoch)``; Lightning restores the epoch from a checkpoint and
         passes it to the sampler's ``set_epoch``, so a run resumed from the end of an
-        epoch sees the batches an uninterrupted run would; one resumed inside an epoch
-        continues with them too, through the training loader's own state
-        (:class:`~lightning_gait.data.dataset.ResumableLoader`). (An empty state writes no
-        DataModule entry into checkpoints.)
+        epoch (or inside one: :class:`~lightning_gait.data.dataset.ResumableLoader`) sees the
+        batches an uninterrupted run would. (An empty state writes no DataModule entry.)
         """
         return {}
 

@@ -3,6 +3,7 @@ from .base import ForwardTrace, InvertibleNetwork
 from .layers import (
     LayerInverse,
     MatrixView,
+    OrthogonalInverse,
     ProductInverse,
     layer_inverse,
     matrix_view,
@@ -13,6 +14,7 @@ from .layers import (
 from .conv import InvertibleCNN
 from .conv_layers import Conv1x1, FlatLinear, PatchConv
 from .mlp import InvertibleMLP
+from .orthogonal import ORTHOGONAL_MAPS, OrthogonalMatrix, make_orthogonal, orthogonal_parametrization
 
 __all__ = [
     "InvertibleNetwork",
@@ -29,5 +31,10 @@ __all__ = [
     "orthogonality_penalty",
     "orthogonality_surrogate",
     "ProductInverse",
+    "OrthogonalInverse",
     "weight_gradient",
+    "ORTHOGONAL_MAPS",
+    "OrthogonalMatrix",
+    "make_orthogonal",
+    "orthogonal_parametrization",
 ]

@@ -30,13 +30,15 @@ from __future__ import annotations
 
 from abc import ABC
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from ..activations import InvertibleActivation
 from .layers import MatrixView, layer_inverse, matrix_view
+from .orthogonal import ORTHOGONAL_MAPS, computed_weights, make_orthogonal, orthogonal_parametrization, trained_weight
 
 __all__ = ["ForwardTrace", "InvertibleNetwork"]
 
@@ -88,11 +90,41 @@ class InvertibleNetwork(nn.Module, ABC):
 
     def reset_parameters(self) -> None:
         """(Semi-)orthogonal weights (``nn.init.orthogonal_``, trailing dimensions
-        flattened) and zero biases for every layer (a layer may have ``bias = None``)."""
+        flattened) and zero biases for every layer (a layer may have ``bias = None``); a
+        layer that is orthogonal by construction restarts from a new orthogonal matrix."""
         for layer in self.layers:
-            nn.init.orthogonal_(layer.weight)
+            if parametrize.is_parametrized(layer, "weight"):
+                start = torch.empty_like(layer.weight)
+                nn.init.orthogonal_(start)
+                with torch.no_grad():
+                    layer.weight = start  # the parametrization's right inverse takes it as its start
+            else:
+                nn.init.orthogonal_(layer.weight)
             if getattr(layer, "bias", None) is not None:
                 nn.init.zeros_(layer.bias)
+
+    def _init_orthogonal(self, orthogonal: Optional[str], scaled: bool) -> None:
+        """The constructors' ``orthogonal`` and ``orthogonal_scale`` arguments."""
+        self.orthogonal, self.orthogonal_scale = orthogonal, bool(scaled)
+        if orthogonal is None:
+            if scaled:
+                raise ValueError("orthogonal_scale=True needs orthogonal layers: set orthogonal='cayley' too")
+            return
+        if orthogonal not in ORTHOGONAL_MAPS:
+            raise ValueError(f"orthogonal={orthogonal!r} is not known; choose None or one of {ORTHOGONAL_MAPS}")
+        self.make_orthogonal(orthogonal, scaled=scaled)
+
+    def make_orthogonal(self, orthogonal_map: str = "cayley", *, scaled: bool = False,
+                        indices: Optional[Sequence[int]] = None) -> "InvertibleNetwork":
+        """Make the square layers orthogonal by construction (:mod:`.orthogonal`); returns ``self``.
+
+        ``indices`` (default: every square layer after the first) are the layers to
+        parametrize. Their inverse becomes the transpose and the orthogonality penalty
+        leaves them out.
+        """
+        for i in self.square_layer_indices if indices is None else indices:
+            make_orthogonal(self.layers[i], orthogonal_map, scaled=scaled)
+        return self
 
     def prepare_input(self, x: Tensor) -> Tensor:
         """The network's input from a batch as the DataModule gives it (checks its shape)."""
@@ -119,8 +151,11 @@ class InvertibleNetwork(nn.Module, ABC):
 
     def layer_parameters(self) -> List[Tuple[Tensor, Optional[Tensor]]]:
         """``(weight, bias)`` of every layer, input to output: what each local loss updates
-        (``bias`` is ``None`` for a layer without one)."""
-        return [(layer.weight, getattr(layer, "bias", None)) for layer in self.layers]
+        (``bias`` is ``None`` for a layer without one). For a layer that is orthogonal by
+        construction ``weight`` is the parameter the optimizer trains
+        (:func:`~lightning_gait.networks.orthogonal.trained_weight`), not the matrix
+        computed from it."""
+        return [(trained_weight(layer), getattr(layer, "bias", None)) for layer in self.layers]
 
     def pair_gradients(self, objective: Tensor) -> List[Tuple[Tensor, Optional[Tensor]]]:
         """``(d objective / d weight, d objective / d bias)`` per layer, input to output,
@@ -146,7 +181,9 @@ class InvertibleNetwork(nn.Module, ABC):
 
         ``updates`` holds one ``(dW, db)`` per layer (``db`` ``None`` where there is no
         bias; tensors without a graph): the objective is ``sum_l <W_l, dW_l> + <b_l, db_l>``,
-        so that one backward of it installs every update at the cost of a copy.
+        so that one backward of it installs every update at the cost of a copy. For a layer
+        that is orthogonal by construction ``W_l`` is the matrix computed from the trained
+        parameter, and the backward takes ``dW_l`` on to that parameter by the chain rule.
         """
         total = None
         for layer, (dw, db) in zip(self.layers, updates):
@@ -179,10 +216,22 @@ class InvertibleNetwork(nn.Module, ABC):
         """Layers whose inverse target propagation uses: all but the first."""
         return list(range(1, self.num_layers)) if self.invertible else []
 
+    @property
+    def orthogonal_layer_indices(self) -> List[int]:
+        """Layers whose weight is orthogonal by construction (:meth:`make_orthogonal`)."""
+        return [i for i, layer in enumerate(self.layers) if orthogonal_parametrization(layer) is not None]
+
     def orthogonality_terms(self) -> List[Tuple[int, Tensor]]:
-        """``(index, A)`` per square layer: ``A`` (a view of the weight parameter, so that
-        gradients reach it) should stay orthogonal, ``A A^T = I``."""
-        return [(i, self.view(i).matrix) for i in self.square_layer_indices]
+        """``(index, A)`` per square layer that is not orthogonal by construction: ``A`` (a
+        view of the weight parameter, so that gradients reach it) should stay orthogonal,
+        ``A A^T = I``."""
+        built = set(self.orthogonal_layer_indices)
+        return [(i, self.view(i).matrix) for i in self.square_layer_indices if i not in built]
+
+    def computed_weights(self):
+        """A context in which every parametrized weight is computed once, with its graph
+        (:func:`~lightning_gait.networks.orthogonal.computed_weights`)."""
+        return computed_weights(self.layers)
 
     def layer_inverse(self, index: int):
         """An exact inverse of layer ``index``'s affine map from its current weights.

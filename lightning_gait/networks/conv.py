@@ -59,6 +59,13 @@ class InvertibleCNN(InvertibleNetwork):
             (``None``: ``channels``); at most the channels there.
         square_output: square output layer with auxiliary units (needed by the rules that
             invert layers); ``False`` gives a plain ``-> num_classes`` output layer.
+        orthogonal: ``None`` (plain weights), or ``"cayley"`` / ``"matrix_exp"``: every
+            square layer (patch convolutions, 1x1 convolutions, a square output layer)
+            orthogonal by construction with that map
+            (:mod:`lightning_gait.networks.orthogonal`; its inverse is its transpose, the
+            orthogonality penalty leaves it out).
+        orthogonal_scale: with ``orthogonal``, each of those layers is ``s * Q`` with a
+            trained scale ``s`` (scaled orthogonal).
         alpha: negative slope of the leaky activations.
 
     The network reshapes a flat batch ``(N, C*H*W)`` (row-major ``C, H, W``, as the
@@ -80,6 +87,8 @@ class InvertibleCNN(InvertibleNetwork):
         mixers: int = 1,
         keep: Optional[int] = None,
         square_output: bool = True,
+        orthogonal: Optional[str] = None,
+        orthogonal_scale: bool = False,
         *,
         alpha: float = 0.1,
     ) -> None:
@@ -142,6 +151,7 @@ class InvertibleCNN(InvertibleNetwork):
         self._reads.append(None if read == below else read)
         self.layers = nn.ModuleList(layers)
         self.reset_parameters()
+        self._init_orthogonal(orthogonal, orthogonal_scale)
 
     @staticmethod
     def _check_keep(keep: int, below: int) -> int:

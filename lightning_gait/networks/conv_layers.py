@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .layers import MatrixView, ProductInverse, layer_inverse, matrix_view, weight_gradient
+from .layers import MatrixView, ProductInverse, layer_inverse, matrix_view, orthogonal_inverse, weight_gradient
 
 __all__ = [
     "Conv1x1",
@@ -245,7 +245,7 @@ def _(layer: FlatLinear) -> MatrixView:
 def _(layer):
     # a batch holds far more pixels (rows) than the matrix has columns: one explicit
     # inverse and one product over the rows beat triangular solves over the rows
-    return ProductInverse.from_view(matrix_view(layer))
+    return orthogonal_inverse(layer) or ProductInverse.from_view(matrix_view(layer))
 
 
 def _kernel_gradient(layer, x: Tensor, grad: Tensor, kernel: Tensor, stride: int):

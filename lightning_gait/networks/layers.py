@@ -23,6 +23,7 @@ from typing import Callable, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from .orthogonal import orthogonal_parametrization
 
 __all__ = [
     "MatrixView",
@@ -32,6 +33,8 @@ __all__ = [
     "orthogonality_penalty",
     "orthogonality_surrogate",
     "ProductInverse",
+    "OrthogonalInverse",
+    "orthogonal_inverse",
     "weight_gradient",
 ]
 
@@ -198,14 +201,45 @@ class ProductInverse(LayerInverse):
         return LayerInverse.solve_affine(self, z)
 
 
+class OrthogonalInverse:
+    """The inverse of a layer that is orthogonal by construction: its transpose (over ``s^2``).
+
+    With the layer's matrix ``A = s R`` (``R`` orthogonal, :mod:`~lightning_gait.networks.orthogonal`),
+    ``X A^T = r`` gives ``X = r A / s^2``: one matrix product, no factorisation, nothing
+    that can be singular. Same interface as :class:`LayerInverse`.
+    """
+
+    singular = None
+
+    def __init__(self, view: MatrixView, scale: Optional[Tensor] = None) -> None:
+        self.view = view
+        matrix = view.matrix.detach()
+        self.matrix_inverse = matrix if scale is None else matrix / scale.detach() ** 2
+
+    solve_rows = ProductInverse.solve_rows
+    solve = ProductInverse.solve
+    solve_affine = ProductInverse.solve_affine
+
+
+def orthogonal_inverse(layer: nn.Module) -> Optional[OrthogonalInverse]:
+    """:class:`OrthogonalInverse` of ``layer`` if it is orthogonal by construction, else ``None``."""
+    mapping = orthogonal_parametrization(layer)
+    if mapping is None:
+        return None
+    return OrthogonalInverse(matrix_view(layer), mapping.scale())
+
+
 @singledispatch
 def layer_inverse(layer: nn.Module):
     """An exact inverse of ``layer`` from its current weights (``solve``, ``solve_affine``).
 
-    The default factorises the layer's :func:`matrix_view`; a layer type whose inverse is
-    not a matrix solve registers its own (``@layer_inverse.register``).
+    A layer that is orthogonal by construction gets its transpose
+    (:class:`OrthogonalInverse`); otherwise the default factorises the layer's
+    :func:`matrix_view`. A layer type whose inverse is not a matrix solve registers its
+    own (``@layer_inverse.register``; call :func:`orthogonal_inverse` first in it to keep
+    the orthogonal option).
     """
-    return LayerInverse.from_view(matrix_view(layer))
+    return orthogonal_inverse(layer) or LayerInverse.from_view(matrix_view(layer))
 
 
 @singledispatch

@@ -35,6 +35,12 @@ class InvertibleMLP(InvertibleNetwork):
             ``"identity"``. The output layer is always linear.
         square_output: square output layer with auxiliary units (needed by every rule
             that inverts layers).
+        orthogonal: ``None`` (plain weights), or ``"cayley"`` / ``"matrix_exp"``: every
+            square layer orthogonal by construction with that map
+            (:mod:`lightning_gait.networks.orthogonal`; its inverse is its transpose, the
+            orthogonality penalty leaves it out).
+        orthogonal_scale: with ``orthogonal``, each of those layers is ``s * Q`` with a
+            trained scale ``s`` (scaled orthogonal).
         alpha: negative slope of the leaky activations.
     """
 
@@ -46,6 +52,8 @@ class InvertibleMLP(InvertibleNetwork):
         num_classes: Optional[int] = None,
         activation: str = "leaky_relu",
         square_output: bool = True,
+        orthogonal: Optional[str] = None,
+        orthogonal_scale: bool = False,
         *,
         alpha: float = 0.1,
     ) -> None:
@@ -80,6 +88,7 @@ class InvertibleMLP(InvertibleNetwork):
         sizes = [in_features] + [width] * depth + [width if square_output else num_classes]
         self.layers = nn.ModuleList(nn.Linear(sizes[i], sizes[i + 1]) for i in range(len(sizes) - 1))
         self.reset_parameters()
+        self._init_orthogonal(orthogonal, orthogonal_scale)
 
     def prepare_input(self, x: Tensor) -> Tensor:
         """Accept ``(N, in_features)`` or images ``(N, C, H, W)`` (flattened row-major)."""

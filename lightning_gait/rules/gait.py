@@ -222,14 +222,16 @@ class GAITProp(LocalLearningRule):
         pass is kept for it.
         """
         net = self.net
-        with torch.no_grad():
-            with record_function("lightning_gait.forward"):
-                trace = net.trace(x)
-            g, loss = output_gradient(trace.output, y, net.num_classes, self.loss_reduction)
-            with record_function("lightning_gait.targets"):
-                deltas = self._pre_activation_signals(trace, g, y)
-            with record_function("lightning_gait.backward"):
-                updates = [weight_gradient(layer, trace.inputs[i], delta)
-                           for i, (layer, delta) in enumerate(zip(net.layers, deltas))]
-        objective = net.update_objective(updates)
+        # layers orthogonal by construction: their matrices computed once for the whole step
+        with net.computed_weights():
+            with torch.no_grad():
+                with record_function("lightning_gait.forward"):
+                    trace = net.trace(x)
+                g, loss = output_gradient(trace.output, y, net.num_classes, self.loss_reduction)
+                with record_function("lightning_gait.targets"):
+                    deltas = self._pre_activation_signals(trace, g, y)
+                with record_function("lightning_gait.backward"):
+                    updates = [weight_gradient(layer, trace.inputs[i], delta)
+                               for i, (layer, delta) in enumerate(zip(net.layers, deltas))]
+            objective = net.update_objective(updates)
         return LocalObjective(objective, loss, net.logits(trace.output), trace)

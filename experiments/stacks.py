@@ -28,6 +28,7 @@ Commands::
     python -m experiments.stacks run paper200 --only gait_norm+f32+difference --seeds 1
     python -m experiments.stacks sync paper200
     python -m experiments.stacks list paper200          # the runs and their fit commands
+    python -m experiments.stacks run fair_cnn_mlp --jobs 12 --fit-args --trainer.accelerator gpu
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -175,22 +177,64 @@ def sync_run(run: Run, outputs: Path = OUTPUTS_DIR, results: Path = RESULTS_DIR)
     return dest
 
 
-def run_all(runs: Sequence[Run], *, data_dir: str, outputs: Path, results: Path, fit_args: Sequence[str] = ()) -> int:
-    for run in runs:
-        run_dir = outputs / run.experiment / run.run_id
-        ckpt = last_checkpoint(run_dir)
-        if ckpt is None and segments(run_dir):
-            print(f"{run_dir} holds logs but no last.ckpt to resume from; remove it to start {run.run_id} again",
-                  file=sys.stderr, flush=True)
-            return 1
-        cmd = fit_command(run, data_dir=data_dir, outputs=outputs, log_version=next_version(run_dir), ckpt_path=ckpt) + list(fit_args)
+def _start(run: Run, *, data_dir: str, outputs: Path, fit_args: Sequence[str], log: Optional[Path]):
+    """Start ``run`` (resuming from its ``last.ckpt`` if it has one): ``(process, None)``, or
+    ``(None, message)`` when its folder holds logs but no checkpoint to resume from."""
+    run_dir = outputs / run.experiment / run.run_id
+    ckpt = last_checkpoint(run_dir)
+    if ckpt is None and segments(run_dir):
+        return None, f"{run_dir} holds logs but no last.ckpt to resume from; remove it to start {run.run_id} again"
+    version = next_version(run_dir)
+    cmd = fit_command(run, data_dir=data_dir, outputs=outputs, log_version=version, ckpt_path=ckpt) + list(fit_args)
+    if log is None:
         print("+", " ".join(cmd), flush=True)
-        code = subprocess.call(cmd)
+        return subprocess.Popen(cmd), None
+    log = run_dir / f"{version}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"+ {' '.join(cmd)}\n  (output: {log})", flush=True)
+    with open(log, "w") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT), None
+
+
+def run_all(runs: Sequence[Run], *, data_dir: str, outputs: Path, results: Path, fit_args: Sequence[str] = (),
+            jobs: int = 1) -> int:
+    """Run (or resume) ``runs``, ``jobs`` at a time, syncing each run's results when it ends.
+
+    With one job, runs go in order, each printing to this terminal, and the first failure
+    stops the rest. With several, each run's output goes to ``RUN_ID/part{k}.log`` beside its
+    segment, a failure is reported and the other runs go on; the exit code is the first
+    failure's (0 if none failed).
+    """
+    pending, active, failed = list(runs), {}, 0
+    while pending or active:
+        while pending and len(active) < jobs:
+            run = pending.pop(0)
+            process, problem = _start(run, data_dir=data_dir, outputs=outputs, fit_args=fit_args,
+                                      log=None if jobs == 1 else outputs)
+            if problem:
+                print(problem, file=sys.stderr, flush=True)
+                failed = failed or 1
+                if jobs == 1:
+                    return failed
+                continue
+            active[process] = run
+        done = next((p for p in active if p.poll() is not None), None)
+        if done is None:
+            if jobs == 1:
+                next(iter(active)).wait()
+            else:
+                time.sleep(0.5)
+            continue
+        run, code = active.pop(done), done.returncode
         sync_run(run, outputs, results)
         if code != 0:
             print(f"run {run.run_id} exited with {code}", file=sys.stderr, flush=True)
-            return code
-    return 0
+            failed = failed or code
+            if jobs == 1:
+                return code
+        elif jobs > 1:
+            print(f"done: {run.run_id}", flush=True)
+    return failed
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -202,9 +246,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     parser.add_argument("--outputs", default=str(OUTPUTS_DIR))
     parser.add_argument("--results", default=str(RESULTS_DIR))
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at once (each then logs to RUN_ID/part{k}.log beside its segment)")
     parser.add_argument("--fit-args", nargs=argparse.REMAINDER, default=[],
                         help="further options passed to fit as they are (give last)")
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        print(f"error: --jobs {args.jobs}: give 1 or more runs at once", file=sys.stderr)
+        return 2
     try:
         runs = load_grid(args.experiment)
     except GridError as err:
@@ -222,7 +271,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         runs = [Run(args.experiment, stack, seed, extra) for seed in args.seeds for stack, extra in stacks]
     outputs, results = Path(args.outputs), Path(args.results)
     if args.command == "run":
-        return run_all(runs, data_dir=args.data_dir, outputs=outputs, results=results, fit_args=args.fit_args)
+        return run_all(runs, data_dir=args.data_dir, outputs=outputs, results=results, fit_args=args.fit_args,
+                       jobs=args.jobs)
     if args.command == "sync":
         for run in runs:
             dest = sync_run(run, outputs, results)

@@ -67,3 +67,35 @@ def test_a_run_resumes_in_a_new_segment_and_syncs_curve_and_config(tiny_cifar_ro
     assert config["trainer"]["precision"] == "32-true"
     assert config["model"]["init_args"]["target_mode"] == "difference"
     assert config["seed_everything"] == 3 and config["data"]["init_args"]["shuffle_seed"] == 3
+
+
+def test_runs_at_once_log_to_their_folders_and_a_failure_does_not_stop_the_others(tiny_cifar_root, tmp_path,
+                                                                                  monkeypatch, capsys):
+    monkeypatch.setattr(stacks, "GRIDS_DIR", tmp_path)
+    (tmp_path / "pair.yaml").write_text(
+        "stacks:\n  - [bp, variants/f32]\n  - [bp, variants/f32, variants/lr_1e-3]\nseeds: [0]\n"
+        "args: [--model.init_args.net.init_args.width, '16', --model.init_args.net.init_args.depth, '2',"
+        " --data.batch_size, '32', --data.val_size, '64', --data.verify_checksums, 'false']\n")
+    outputs, results = tmp_path / "out", tmp_path / "res"
+    common = ["--data-dir", str(tiny_cifar_root), "--outputs", str(outputs), "--results", str(results)]
+    assert stacks.main(["run", "pair", *common, "--jobs", "0"]) == 2
+    assert "--jobs 0" in capsys.readouterr().err
+    # the second run's folder holds a log but no checkpoint: it is refused, the first still trains
+    stuck = outputs / "pair" / "bp+f32+lr_1e-3_s0" / "part1"
+    stuck.mkdir(parents=True)
+    (stuck / "metrics.csv").write_text("epoch\n")
+    code = stacks.main(["run", "pair", *common, "--jobs", "2", "--fit-args", "--trainer.max_epochs", "1"])
+    assert code == 1
+    assert "no last.ckpt to resume from" in capsys.readouterr().err
+    log = outputs / "pair" / "bp+f32_s0" / "part1.log"
+    assert "lightning-gait summary" in log.read_text()
+    with open(results / "pair" / "bp+f32_s0" / "metrics.csv", newline="") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f) if r.get("val/acc")] == [0]
+    # with the folder cleared, both run at once and both are synced
+    import shutil
+    shutil.rmtree(stuck.parent)
+    assert stacks.main(["run", "pair", *common, "--jobs", "2", "--fit-args", "--trainer.max_epochs", "2"]) == 0
+    for run_id, parts in (("bp+f32_s0", ["part1", "part2"]), ("bp+f32+lr_1e-3_s0", ["part1"])):
+        assert [p.name for p in stacks.segments(outputs / "pair" / run_id)] == parts
+        with open(results / "pair" / run_id / "metrics.csv", newline="") as f:
+            assert [int(r["epoch"]) for r in csv.DictReader(f) if r.get("val/acc")] == [0, 1]

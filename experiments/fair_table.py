@@ -14,6 +14,10 @@ the same seeds and epochs). Each run is placed by its ``config.yaml``: the netwo
 3. the row reports that rate's test accuracy (``test/acc``) at epoch ``N``: mean, min and max over the
    seeds; ``edge`` says when the chosen rate is the smallest or largest of the grid (widen the grid).
 
+A run whose last logged validation accuracy is at chance (at most :data:`COLLAPSED_ACC`, 1 point above 10%)
+has *collapsed* (it diverged, or a guard stopped it): a rate with a collapsed seed cannot be chosen and is
+listed as collapsed; such runs are left out of "the last epoch every run has reached".
+
 The test set is read only for the chosen rate. ``--write`` also writes ``table_epoch{N}.csv`` (one row per
 network and rule, ``source``: the chosen runs' folders) and ``lr_epoch{N}.csv`` (every network, rule and
 rate: mean validation accuracy, so the choice can be checked) into the experiment's folder::
@@ -34,6 +38,8 @@ from .headline import write_summary
 #: short names of the networks and rules in the table
 NETWORKS = {"lightning_gait.InvertibleMLP": "MLP", "lightning_gait.InvertibleCNN": "CNN"}
 RULES = {"lightning_gait.Backprop": "BP", "lightning_gait.GAITProp": "GAIT-N"}
+#: a run whose last validation accuracy is at most this has collapsed to chance (CIFAR-10: 10%)
+COLLAPSED_ACC = 0.11
 
 
 class TableError(ValueError):
@@ -58,17 +64,22 @@ def collect(folder: Path, epoch: Optional[int] = None) -> Tuple[int, Dict[Tuple[
         if val_is_test(run.config()):
             raise TableError(f"{run.folder} validated on the test set (val_size 0): no choice can be made on it")
         curves[run] = run.epochs()
-    reached = min((len(c) for c in curves.values()), default=0)
+    collapsed = {run for run, curve in curves.items() if curve and curve[-1]["val_acc"] <= COLLAPSED_ACC}
+    reached = min((len(c) for run, c in curves.items() if run not in collapsed), default=0)
     epoch = reached if epoch is None else epoch
     if epoch < 1:
         raise TableError("a run has no finished epoch")
     groups: Dict[Tuple[str, str], Dict[float, Dict[int, dict]]] = {}
     for run, curve in curves.items():
-        at = [e for e in curve if e["epoch"] == epoch]
-        if not at:
-            raise TableError(f"{run.folder} has not reached epoch {epoch} (it has {len(curve)} epochs)")
         network, rule, lr = place(run)
-        groups.setdefault((network, rule), {}).setdefault(lr, {})[run.seed] = {**at[0], "folder": str(run.folder)}
+        if run in collapsed:
+            row = {**curve[-1], "collapsed": True, "folder": str(run.folder)}
+        else:
+            at = [e for e in curve if e["epoch"] == epoch]
+            if not at:
+                raise TableError(f"{run.folder} has not reached epoch {epoch} (it has {len(curve)} epochs)")
+            row = {**at[0], "collapsed": False, "folder": str(run.folder)}
+        groups.setdefault((network, rule), {}).setdefault(lr, {})[run.seed] = row
     for key, by_lr in groups.items():
         seeds = {lr: sorted(s) for lr, s in by_lr.items()}
         if len({tuple(s) for s in seeds.values()}) != 1:
@@ -85,10 +96,13 @@ def choose(groups) -> Tuple[List[Dict[str, object]], List[Dict[str, object]]]:
     accuracy, with that rate's test accuracy over the seeds."""
     table, rates = [], []
     for (network, rule), by_lr in sorted(groups.items()):
-        means = {lr: _mean([r["val_acc"] for r in seeds.values()]) for lr, seeds in by_lr.items()}
+        collapsed = {lr for lr, seeds in by_lr.items() if any(r["collapsed"] for r in seeds.values())}
+        means = {lr: _mean([r["val_acc"] for r in seeds.values()]) for lr, seeds in by_lr.items() if lr not in collapsed}
         for lr in sorted(by_lr):
             rates.append({"network": network, "rule": rule, "lr": lr, "seeds": " ".join(map(str, sorted(by_lr[lr]))),
-                          "val_acc_mean": means[lr], "chosen": False})
+                          "val_acc_mean": means.get(lr), "collapsed": lr in collapsed, "chosen": False})
+        if not means:
+            raise TableError(f"{network} {rule}: every learning rate has a collapsed run")
         best = max(means, key=lambda lr: (means[lr], -lr))  # a tie goes to the smaller rate
         for row in rates:
             if (row["network"], row["rule"], row["lr"]) == (network, rule, best):
@@ -129,10 +143,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except TableError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    table, rates = choose(groups)
+    try:
+        table, rates = choose(groups)
+    except TableError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     for r in rates:
-        print(f"{r['network']} {r['rule']:7s} lr {r['lr']:<8g} seeds {r['seeds']}  mean val acc "
-              f"{100 * r['val_acc_mean']:.2f}{'  <- chosen' if r['chosen'] else ''}")
+        shown = "collapsed (left out)" if r["collapsed"] else f"mean val acc {100 * r['val_acc_mean']:.2f}"
+        print(f"{r['network']} {r['rule']:7s} lr {r['lr']:<8g} seeds {r['seeds']}  {shown}"
+              f"{'  <- chosen' if r['chosen'] else ''}")
     print(format_table(table))
     if args.write:
         print("wrote", write_summary(table, folder / f"table_epoch{epoch}.csv"))

@@ -27,6 +27,29 @@ def _run(folder, name, seed, *, network, rule, lr, val, test, val_size=5000):
     (run / "config.yaml").write_text(yaml.safe_dump(config))
 
 
+def test_a_rate_with_a_collapsed_run_is_left_out_and_does_not_set_the_epoch(tmp_path, capsys):
+    folder = tmp_path / "fair"
+    for seed in (0, 1):
+        _run(folder, "gait+lr_3e-4", seed, network="MLP", rule="GAIT-N", lr=3e-4, val=[0.30, 0.40, 0.42],
+             test=[0.3, 0.4, 0.41])
+        # the larger rate is better at first, then seed 1 collapses to chance and stops after epoch 2
+        val = [0.35, 0.45, 0.46] if seed == 0 else [0.35, 0.10]
+        _run(folder, "gait+lr_1e-3", seed, network="MLP", rule="GAIT-N", lr=1e-3, val=val, test=val)
+    epoch, groups = fair_table.collect(folder)
+    assert epoch == 3  # the collapsed run's 2 epochs do not cut the table short
+    table, rates = fair_table.choose(groups)
+    assert [(r["lr"], r["collapsed"], r["chosen"]) for r in rates] == [(3e-4, False, True), (1e-3, True, False)]
+    assert rates[1]["val_acc_mean"] is None  # no mean of a rate that has no model left
+    assert table[0]["lr"] == 3e-4 and table[0]["test_acc_mean"] == pytest.approx(0.41)
+    assert fair_table.main(["fair", "--results", str(tmp_path)]) == 0
+    assert "collapsed (left out)" in capsys.readouterr().out
+    # every rate collapsed: one line, no table
+    for seed in (0, 1):
+        (folder / f"gait+lr_3e-4_s{seed}" / "metrics.csv").write_text("epoch,step,val/acc,test/acc\n0,9,0.1,0.1\n")
+    assert fair_table.main(["fair", "--results", str(tmp_path)]) == 1
+    assert "every learning rate has a collapsed run" in capsys.readouterr().err
+
+
 def test_the_rate_is_chosen_on_validation_and_reported_on_test(tmp_path, capsys):
     folder = tmp_path / "fair"
     for seed in (0, 1):

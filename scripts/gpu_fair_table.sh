@@ -62,7 +62,7 @@ if [ "${1:-}" = "--run" ]; then
     while kill -0 $pid 2>/dev/null && [ $(( $(date +%s) - start )) -lt "$secs" ]; do sleep 2; done
     if kill -0 $pid 2>/dev/null; then
         echo "stopping the runs after $secs s (SIGTERM: each saves last.ckpt)" | tee -a "$OUT/stacks.log"
-        pkill -TERM -f lightning_gait.fit
+        pkill -TERM -P "$pid"   # its fit processes only
         for _ in $(seq 20); do kill -0 $pid 2>/dev/null || break; sleep 1; done
     fi
     echo "wall $(( $(date +%s) - start )) s" | tee -a "$OUT/stacks.log"

@@ -191,7 +191,7 @@ def _main(args=None) -> int:
     from .errors import NonFiniteError, UserError
     from .runs import RunClaim, check_resume_checkpoint, checkpoint_folders, model_record, refuse_another_runs_folder
     from .runs import run_folders
-    from .wandb_run import record_summary
+    from .wandb_run import quiet_wandb_console, record_summary
 
     argv = sys.argv[1:] if args is None else args
     try:
@@ -212,6 +212,8 @@ def _main(args=None) -> int:
         _check_precision_first(model, trainer)
         if any(isinstance(logger, WandbLogger) for logger in trainer.loggers):
             configure_wandb_mode()
+            if trainer.is_global_zero:
+                quiet_wandb_console(getattr(config.get("trainer.logger"), "init_args", None))
             for logger in trainer.loggers:  # W&B warns when it looks for a git root in a missing folder
                 if isinstance(logger, WandbLogger) and logger.save_dir:
                     Path(logger.save_dir).mkdir(parents=True, exist_ok=True)

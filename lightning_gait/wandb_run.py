@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 __all__ = ["configure_wandb_mode", "regime_of", "git_commit", "run_metadata", "wandb_credentials_present",
-           "wandb_init_args", "record_summary"]
+           "wandb_init_args", "quiet_wandb_console", "record_summary"]
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -99,6 +99,20 @@ def wandb_init_args(config, init_args) -> Dict[str, Any]:
         if run_id:
             extra["id"] = run_id
     return extra
+
+
+def quiet_wandb_console(init_args) -> None:
+    """Switch W&B's console output off for this process before its run starts, when the
+    logger's ``settings`` (``init_args``, as :func:`wandb_init_args` left them) ask for
+    ``silent``. A run's own ``silent`` applies only once ``wandb.init`` has read its
+    arguments, and W&B warns about one of them while reading it: ``anonymous``, which
+    Lightning's ``WandbLogger`` always passes (``wandb: WARNING The anonymous setting has
+    no effect``). ``wandb.setup`` applies the setting first."""
+    settings = init_args.get("settings") if init_args is not None else None
+    if isinstance(settings, dict) and settings.get("silent"):
+        import wandb
+
+        wandb.setup(wandb.Settings(silent=True))
 
 
 def record_summary(trainer) -> None:

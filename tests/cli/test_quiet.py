@@ -55,6 +55,24 @@ def test_a_short_fit_without_logger_prints_no_noise(tiny_cifar_root, tmp_path):
     assert "stopped: max_epochs=1 reached" in summary and "test/acc = " in summary
 
 
+def test_a_short_fit_logged_to_wandb_prints_no_wandb_lines(tiny_cifar_root, tmp_path):
+    """W&B's own console lines (``wandb: ...``; the last was Lightning's ``anonymous=None``
+    warned about by W&B before the run's ``silent`` setting applies) are off: fit prints its
+    own lines, that it logs offline and the ``wandb sync`` command."""
+    result = run_fit([
+        "--config", "gait_norm", "--trainer.max_epochs", "1", "--test_after_fit", "false",
+        "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path / "run"),
+        "--trainer.logger.init_args.save_dir", str(tmp_path / "run"),
+        "--data.data_dir", str(tiny_cifar_root), "--data.verify_checksums", "false", "--data.val_size", "64",
+        "--model.init_args.net.init_args.width", "16", "--model.init_args.net.init_args.depth", "2",
+    ], tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert not [line for line in output.splitlines() if line.lower().startswith("wandb:")], output
+    assert "anonymous setting has no effect" not in output and "Traceback" not in output, output
+    assert "logging offline" in result.stderr and "wandb sync " in result.stdout, output
+
+
 @pytest.fixture
 def new_user(monkeypatch, tmp_path):
     """This process as a new user's: no W&B mode, key or netrc, in an empty folder."""

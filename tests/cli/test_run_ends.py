@@ -128,6 +128,45 @@ def test_a_full_disk_gives_one_line_and_no_truncated_checkpoint(tiny_cifar_root,
     assert not list(root.rglob("*.ckpt")) and not list(root.rglob("*.tmp"))
 
 
+SMALL_DISK = """
+mount -t tmpfs -o size=$2 tmpfs "$1" || exit 99
+mnt=$1; copy=$3; shift 3
+"$@"; code=$?
+cp -a "$mnt/out" "$copy"
+exit $code
+"""
+
+
+def test_a_disk_that_fills_keeps_the_earlier_checkpoints(tiny_cifar_root, tmp_path):
+    """A small tmpfs: epoch 0's best-*.ckpt and last.ckpt fit, a third checkpoint does not.
+    The failed write ends with one line (No space left on device) and leaves epoch 0's two
+    files complete, the best one loadable as the README's fallback, and no temporary file."""
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("no user and mount namespaces here (unshare) to make a small disk")
+    mnt, copy = tmp_path / "mnt", tmp_path / "copy"
+    mnt.mkdir()
+    size = 1_300_000  # bytes of one checkpoint of the small run, about (checked below)
+    limit = 3 * size - size // 2  # room for two checkpoints and config.yaml, not for a third
+    result = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", SMALL_DISK, "sh",
+                             str(mnt), str(limit), str(copy), sys.executable, "-m", "lightning_gait.fit",
+                             *args(tiny_cifar_root, mnt / "out", "--trainer.max_epochs", "3")],
+                            cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.strip().splitlines() if line.startswith("error")]
+    assert line.startswith(f"error: cannot write the checkpoint {mnt / 'out' / 'checkpoints'}/") and \
+        "No space left on device" in line and "earlier checkpoints are kept" in line, line
+    folder = tmp_path / "copy" / "checkpoints"
+    saved = sorted(p.name for p in folder.iterdir())
+    assert not [name for name in saved if name.endswith(".tmp")], saved
+    (best,) = [name for name in saved if name.startswith("best-")]
+    assert best.startswith("best-epoch000") and "last.ckpt" in saved, saved
+    for name in (best, "last.ckpt"):
+        assert (folder / name).stat().st_size < size, (name, (folder / name).stat().st_size)
+        assert checkpoint(folder / name)["global_step"] == STEPS_PER_EPOCH  # complete: it loads
+
+
 READ_ONLY = """
 set -e
 mount -t tmpfs -o size=1m tmpfs "$1"

@@ -175,3 +175,33 @@ def test_history_listing_is_one_line_per_family(gait_norm_run, capsys):
     assert wandb_history.main([str(gait_norm_run / "wandb"), "--all"]) == 0
     every = capsys.readouterr().out.split()
     assert "charts/bp_corr_table.sha256" in every and "bp_corr/layer_7" in every
+
+
+def test_plot_draws_every_offline_run_of_a_wandb_folder(tmp_path, capsys):
+    """`plot outputs/wandb` with several offline runs drew the newest only (issue 23), into
+    figures that replaced the others' and without naming the run: now each run gets its
+    own subfolder of figures, named after the run's folder."""
+    import wandb
+
+    from lightning_gait import plot
+
+    out = tmp_path / "outputs"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WANDB_MODE", "offline")
+        mp.setenv("WANDB_SILENT", "true")
+        for k in range(2):
+            run = wandb.init(project="plot-test", dir=str(out), config={"seed": k})
+            try:
+                for step in range(4):
+                    run.log({"val/acc": 0.1 * (k + 1) + 0.01 * step, "trainer/global_step": step})
+            finally:
+                run.finish()
+    run_files = sorted((out / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(run_files) == 2
+    for path in run_files:
+        assert wait_until_complete(path, timeout_s=60), path
+    assert plot.main([str(out / "wandb")]) == 0
+    printed = sorted(capsys.readouterr().out.split())
+    expected = sorted(str(out / "wandb" / "plots" / path.parent.name / "accuracy.png") for path in run_files)
+    assert printed == expected
+    assert sorted(str(p) for p in (out / "wandb" / "plots").rglob("*.png")) == expected

@@ -102,6 +102,8 @@ CONFIG_NAME = re.compile(r"`(?:conf/)?(?P<value>(?:variants|conv|trainer|sweeps)
 
 def config_exists(value: str) -> bool:
     """What ``fit --config VALUE`` finds: a file, else ``conf/VALUE`` (``conf/`` and ``.yaml`` optional)."""
+    if (CONF.parent / value).is_file():  # a path from the repository root (a results config.yaml)
+        return True
     value = value.removeprefix("conf/")
     return any((CONF / f"{value}{suffix}").is_file() for suffix in ("", ".yaml"))
 

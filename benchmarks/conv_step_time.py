@@ -19,7 +19,7 @@ same on real images: every operation is dense). Two ways to time a step:
   diagnostics callbacks are timed (cost of one measurement, and per step at their
   ``every_n_steps``).
 
-Variants: ``conv_bp`` (``conf/conv/bp.yaml``, no penalty), ``conv_gait_n``
+Variants (``benchmarks/variants.yaml``, group ``conv``): ``conv_bp`` (``conf/conv/bp.yaml``, no penalty), ``conv_gait_n``
 (``conf/conv/gait_norm.yaml``: difference form, penalty 100), ``conv_gait_n_diff`` (the
 same with the difference form set explicitly), ``conv_gait_n_orthogonal`` and
 ``conv_bp_orthogonal`` (``conf/variants/orthogonal.yaml`` stacked: every square layer
@@ -47,30 +47,17 @@ from typing import Dict, List, Optional, Sequence
 import pytorch_lightning as pl
 import torch
 
-from experiments.common import model_args
 from lightning_gait.callbacks import DiagnosticCallback
 
 from .split import profile_split
 from .step_time import quantiles
-from .variants import StepRunner, Variant, make_trainer, same_batch_loader, sync
+from .variants import StepRunner, Variant, load_variants, make_trainer, same_batch_loader, sync
 
 __all__ = ["CONV_VARIANTS", "DEFAULT_VARIANTS", "time_conv", "time_conv_lightning", "diagnostics_cost", "main"]
 
-CONV_VARIANTS: Dict[str, Variant] = {
-    v.name: v
-    for v in [
-        Variant("conv_bp", "conv/bp", baseline="conv_bp"),
-        Variant("conv_gait_n", "conv/gait_norm", baseline="conv_bp"),
-        Variant("conv_gait_n_diff", "conv/gait_norm", tuple(model_args(target_mode="difference")),
-                baseline="conv_bp"),
-        Variant("conv_gait_n_orthogonal", "conv/gait_norm", ("--config", "variants/orthogonal"),
-                baseline="conv_bp"),
-        Variant("conv_bp_orthogonal", "conv/bp", ("--config", "variants/orthogonal"), baseline="conv_bp"),
-    ]
-}
-
-#: what a plain run times
-DEFAULT_VARIANTS = ["conv_bp", "conv_gait_n", "conv_gait_n_diff"]
+#: the CNN's variants (``benchmarks/variants.yaml``, group ``conv``) and what a plain run times
+CONV_VARIANTS, _SETS = load_variants("conv")
+DEFAULT_VARIANTS = _SETS["default"]
 
 
 def time_conv(names: Sequence[str], *, dtype: torch.dtype, device: torch.device, batch: int, repeats: int,

@@ -1,4 +1,4 @@
-"""What the benchmark times: its variants (regimes of ``conf/`` plus overrides) and one variant's step.
+"""What the benchmark times: its variants (config stacks, ``benchmarks/variants.yaml``) and one variant's step.
 
 Every variant is built by :func:`experiments.common.build_regime`, the path ``fit`` takes,
 on the same square-output network (``square_output=True`` for backprop too), so that the
@@ -7,64 +7,69 @@ variants of one width and depth start from the same weights.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, List, Optional, Tuple
+
+import yaml
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from experiments.common import build_regime, label, model_args, net_args
+from experiments.common import build_regime, label, net_args, stack_args
 from lightning_gait.data import CIFAR10DataModule
 from lightning_gait.networks import orthogonality_surrogate
 
-__all__ = ["Variant", "VARIANTS", "FULL_VARIANTS", "SWEEP_VARIANTS", "QUICK_VARIANTS", "LIGHTNING_VARIANTS",
+__all__ = ["Variant", "VARIANTS", "VARIANTS_FILE", "load_variants", "FULL_VARIANTS", "SWEEP_VARIANTS", "QUICK_VARIANTS", "LIGHTNING_VARIANTS",
            "StepRunner", "sync", "same_batch_loader", "make_trainer"]
 
-_SQUARE = tuple(net_args(square_output=True))
-_NO_PENALTY = tuple(model_args(ortho_weight=0))
-_DIFFERENCE = tuple(model_args(target_mode="difference"))
-_CACHED = tuple(model_args(inverse="cached"))
+#: the variants, as config stacks, and the sets of them each command times
+VARIANTS_FILE = Path(__file__).resolve().with_name("variants.yaml")
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One timed rule: a regime of ``conf/``, the overrides that make the variant, its baseline."""
+    """One timed rule: a config stack (a regime of ``conf/``, then files of ``conf/variants/``),
+    its label suffix and its baseline (the variant its ratio divides by)."""
 
     name: str
-    regime: str
-    overrides: Tuple[str, ...] = ()
+    stack: Tuple[str, ...]
     suffix: str = ""  # what the label adds to the regime's figure label
     baseline: str = "backprop"
+
+    @property
+    def regime(self) -> str:
+        """The stack's first config: the regime."""
+        return self.stack[0]
+
+    @property
+    def overrides(self) -> Tuple[str, ...]:
+        """The rest of the stack, as ``fit`` arguments (``--config variants/difference ...``)."""
+        return tuple(stack_args(self.stack[1:]))
 
     @property
     def label(self) -> str:
         return label(self.regime) + self.suffix
 
 
-VARIANTS: Dict[str, Variant] = {
-    v.name: v
-    for v in [
-        Variant("backprop", "bp", _SQUARE),
-        Variant("backprop_s", "bp_smooth", _SQUARE, baseline="backprop_s"),
-        Variant("gait", "gait", _NO_PENALTY),
-        Variant("gait_n", "gait_norm", _NO_PENALTY),
-        Variant("gait_s", "gait_smooth", _NO_PENALTY, baseline="backprop_s"),
-        Variant("gait_sn", "gait_smooth_norm", _NO_PENALTY, baseline="backprop_s"),
-        Variant("gait_n_diff", "gait_norm", _NO_PENALTY + _DIFFERENCE, ", difference form"),
-        Variant("gait_n_cached", "gait_norm", _NO_PENALTY + _DIFFERENCE + _CACHED,
-                ", difference form, cached inverse"),
-        Variant("gait_n_penalty", "gait_norm", (), " + penalty"),
-        Variant("gait_n_diff_penalty", "gait_norm", _DIFFERENCE, ", difference form + penalty"),
-        Variant("gait_n_cached_penalty", "gait_norm", _DIFFERENCE + _CACHED,
-                ", difference form, cached inverse + penalty"),
-    ]
-}
+def load_variants(group: str, path: Path = VARIANTS_FILE) -> Tuple[Dict[str, Variant], Dict[str, List[str]]]:
+    """``(variants by name, sets by name)`` of ``group`` (``mlp`` or ``conv``) in ``path``."""
+    spec = yaml.safe_load(path.read_text())[group]
+    variants = {name: Variant(name, tuple(v["stack"]), v.get("suffix", ""), v.get("baseline", spec["baseline"]))
+                for name, v in spec["variants"].items()}
+    sets = {name: list(names) for name, names in spec.get("sets", {}).items()}
+    unknown = sorted({n for names in sets.values() for n in names} - set(variants))
+    if unknown:
+        raise ValueError(f"{path}: {group} sets name variants it does not define: {unknown}")
+    return variants, sets
 
+
+VARIANTS, _SETS = load_variants("mlp")
 #: what the full benchmark times at the acceptance setting, and on the sweeps
 FULL_VARIANTS = list(VARIANTS)
-SWEEP_VARIANTS = ["backprop", "gait_n", "gait_n_diff", "gait_n_cached", "gait_n_penalty"]
-QUICK_VARIANTS = ["backprop", "gait_n", "gait_n_diff", "gait_n_cached", "gait_n_penalty"]
-LIGHTNING_VARIANTS = ["backprop", "gait_n", "gait_n_cached", "gait_n_penalty"]
+SWEEP_VARIANTS = _SETS["sweep"]
+QUICK_VARIANTS = _SETS["quick"]
+LIGHTNING_VARIANTS = _SETS["lightning"]
 
 
 def sync(device: torch.device) -> None:

@@ -241,3 +241,21 @@ def test_checks_overhead_runs_small(capsys):
     assert result["step_ms"] > 0 and result["checks_ms"] > 0 and result["singular_ms"] > 0
     assert math.isclose(result["checks_share"], result["checks_ms"] / result["step_ms"])
     assert "singular-layer flags" in capsys.readouterr().out
+
+
+def test_the_variants_are_config_stacks_of_shipped_configs(tmp_path):
+    """benchmarks/variants.yaml: every variant's stack names shipped configs, every set names its
+    variants, and a set naming an unknown variant is refused by name."""
+    from benchmarks.variants import load_variants
+    from lightning_gait.configs import find_config
+
+    for group in ("mlp", "conv"):
+        variants, sets = load_variants(group)
+        assert sets and all(set(names) <= set(variants) for names in sets.values())
+        for variant in variants.values():
+            assert all(find_config(config) is not None for config in variant.stack), variant
+            assert variant.baseline in variants
+    bad = tmp_path / "variants.yaml"
+    bad.write_text("mlp:\n  baseline: a\n  variants:\n    a: {stack: [bp]}\n  sets:\n    quick: [a, b]\n")
+    with pytest.raises(ValueError, match=r"does not define: \['b'\]"):
+        load_variants("mlp", bad)

@@ -85,20 +85,27 @@ def time_conv(names: Sequence[str], *, dtype: torch.dtype, device: torch.device,
         if rep + 1 >= 3 and time.perf_counter() - start > budget_s:
             break
 
-    rows = []
-    for name in names:
-        variant = CONV_VARIANTS[name]
-        q1, med, q3 = quantiles(times[name])
-        base = times.get(variant.baseline)
-        paired = [a / b for a, b in zip(times[name], base)] if base else []
-        rows.append({
-            "device": device.type, "dtype": str(dtype).replace("torch.", ""), "batch": batch, "variant": name,
-            "regime": variant.regime, "overrides": " ".join(variant.overrides), "repeats": len(times[name]),
-            "median_ms": med * 1e3, "q1_ms": q1 * 1e3, "q3_ms": q3 * 1e3,
-            "ratio": statistics.median(paired) if paired else None,
-            "parameters": sum(p.numel() for p in runners[name].net.parameters()),
-        })
-    return rows
+    head = {"device": device.type, "dtype": str(dtype).replace("torch.", ""), "batch": batch}
+    return [_timing_row(name, runners[name], head, times[name], times, counts={"repeats": len(times[name])})
+            for name in names]
+
+
+def _timing_row(name: str, runner: StepRunner, head: dict, samples: Sequence[float],
+                paired_with: Dict[str, List[float]], *, counts: dict, ranges: bool = False) -> dict:
+    """One variant's row: ``head``, the variant, ``counts``, the quartiles of ``samples`` (ms) and
+    the median (with ``ranges``, also min and max) of its paired ratios to its baseline's
+    entries of ``paired_with``."""
+    variant = CONV_VARIANTS[name]
+    q1, med, q3 = quantiles(samples)
+    base = paired_with.get(variant.baseline)
+    paired = [a / b for a, b in zip(paired_with[name], base)] if base else []
+    row = {**head, "variant": name, "regime": variant.regime, "overrides": " ".join(variant.overrides), **counts,
+           "median_ms": med * 1e3, "q1_ms": q1 * 1e3, "q3_ms": q3 * 1e3,
+           "ratio": statistics.median(paired) if paired else None}
+    if ranges:
+        row.update(ratio_min=min(paired) if paired else None, ratio_max=max(paired) if paired else None)
+    row["parameters"] = sum(p.numel() for p in runner.net.parameters())
+    return row
 
 
 class _StepClock(pl.Callback):
@@ -148,22 +155,10 @@ def time_conv_lightning(names: Sequence[str], *, dtype: torch.dtype, device: tor
             every[name].extend(seconds)
         if rnd + 1 >= 3 and time.perf_counter() - start > budget_s:
             break
-    rows = []
-    for name in names:
-        variant = CONV_VARIANTS[name]
-        q1, med, q3 = quantiles(every[name])
-        base = per_round.get(variant.baseline)
-        paired = [a / b for a, b in zip(per_round[name], base)] if base else []
-        rows.append({
-            "mode": "lightning", "device": device.type, "dtype": str(dtype).replace("torch.", ""), "batch": batch,
-            "variant": name, "regime": variant.regime, "overrides": " ".join(variant.overrides),
-            "repeats": len(per_round[name]), "steps": len(every[name]),
-            "median_ms": med * 1e3, "q1_ms": q1 * 1e3, "q3_ms": q3 * 1e3,
-            "ratio": statistics.median(paired) if paired else None,
-            "ratio_min": min(paired) if paired else None, "ratio_max": max(paired) if paired else None,
-            "parameters": sum(p.numel() for p in runners[name].net.parameters()),
-        })
-    return rows
+    head = {"mode": "lightning", "device": device.type, "dtype": str(dtype).replace("torch.", ""), "batch": batch}
+    return [_timing_row(name, runners[name], head, every[name], per_round, ranges=True,
+                        counts={"repeats": len(per_round[name]), "steps": len(every[name])})
+            for name in names]
 
 
 def split_conv(names: Sequence[str], *, dtype: torch.dtype, device: torch.device, batch: int, steps: int,

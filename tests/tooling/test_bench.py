@@ -259,3 +259,21 @@ def test_the_variants_are_config_stacks_of_shipped_configs(tmp_path):
     bad.write_text("mlp:\n  baseline: a\n  variants:\n    a: {stack: [bp]}\n  sets:\n    quick: [a, b]\n")
     with pytest.raises(ValueError, match=r"does not define: \['b'\]"):
         load_variants("mlp", bad)
+
+
+def test_conv_benchmark_times_training_step_inside_lightning(tmp_path):
+    """--lightning: the variants take turns under a Trainer; one row per variant with the median
+    step, the paired ratio to conv BP over rounds and its range."""
+    from benchmarks import conv_step_time
+
+    out = tmp_path / "conv.csv"
+    conv_step_time.main(["--dtypes", "float32", "--lightning", "--variants", "conv_bp", "conv_gait_n_orthogonal",
+                         "--batch", "2", "--rounds", "2", "--steps", "3", "--csv", str(out)])
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["mode"], r["variant"], r["repeats"], r["steps"]) for r in rows] == \
+        [("lightning", "conv_bp", "2", "4"), ("lightning", "conv_gait_n_orthogonal", "2", "4")]
+    assert float(rows[0]["ratio"]) == float(rows[0]["ratio_min"]) == 1.0
+    ratio, low, high = (float(rows[1][k]) for k in ("ratio", "ratio_min", "ratio_max"))
+    assert 0 < low <= ratio <= high and math.isfinite(high)
+    assert rows[1]["overrides"] == "--config variants/orthogonal"

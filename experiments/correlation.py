@@ -51,7 +51,7 @@ from lightning_gait.diagnostics import backprop_gradients, gradient_alignment
 from lightning_gait.rules import FeedbackAlignment, GAITProp, TargetProp
 from lightning_gait.targets import NonFiniteError
 
-from .common import DEFAULT_DATA_DIR, build_regime, check_data_dir, close_figure, label, model_args, net_args
+from .common import DEFAULT_DATA_DIR, build_regime, check_data_dir, close_figure, label, model_args, net_args, stack_args
 
 __all__ = [
     "Variant",
@@ -83,14 +83,15 @@ SUMMARY_COLUMNS = ("variant", "dtype", "form", "layer", "n_nets", "n_nan", "corr
 
 @dataclass(frozen=True)
 class Variant:
-    """One rule of the figure: a regime of ``conf/`` and the overrides that put it on the figure's network.
+    """One rule of the figure: a regime of ``conf/`` and the files of ``conf/variants/`` stacked on it
+    to put it on the figure's network (``variants``, as ``fit``'s further ``--config``).
 
     ``target_forms``: measured in both target forms (GAIT-prop); ``seed_arg``: the rule's
     argument that takes the network's seed (FA's ``feedback_seed``).
     """
 
     regime: str
-    overrides: Tuple[str, ...] = ()
+    variants: Tuple[str, ...] = ()
     target_forms: bool = True
     seed_arg: Optional[str] = None
 
@@ -102,7 +103,7 @@ class Variant:
 VARIANTS = (Variant("gait"), Variant("gait_norm"), Variant("gait_smooth"), Variant("gait_smooth_norm"))
 REFERENCES = (
     Variant("tp", target_forms=False),
-    Variant("fa", tuple(net_args(square_output=True)), target_forms=False, seed_arg="feedback_seed"),
+    Variant("fa", ("variants/square_output",), target_forms=False, seed_arg="feedback_seed"),
 )
 
 
@@ -146,7 +147,7 @@ def build_variant(variant: Variant, *, form: Optional[str] = None, seed: int = 0
     and ``depth`` override the config's network (``None``: the config's). The rule comes
     in float32, as the CLI builds it; ``.to(dtype)`` converts it.
     """
-    overrides = list(variant.overrides) + net_args(width=width, depth=depth)
+    overrides = stack_args(variant.variants) + net_args(width=width, depth=depth)
     if variant.target_forms:
         if form not in FORMS:
             raise ValueError(f"form must be one of {FORMS}, got {form!r}")

@@ -11,7 +11,8 @@ orthogonal :class:`~lightning_gait.InvertibleCNN` networks (``docs/gait-prop.md`
 * data: network ``j`` sees batch ``j`` of CIFAR-10's 50 000 training images in a random
   order drawn under seed ``--seed`` (0): images ``perm[j*B : (j+1)*B]``, ``B`` =
   ``--batch-size`` (256), pixels divided by 255 as in training;
-* variants (the rule's ``target_mode``: "paper" is ``"absolute"``):
+* variants (config stacks in ``experiments/conv_correlation.yaml``; the rule's ``target_mode``:
+  "paper" is ``"absolute"``):
 
   - ``GAIT-N``: leaky ReLU, normalized targets, eta 1e-7, float64, paper form;
   - ``GAIT-SN``: SL-ReLU, normalized targets, eta 1e-7, float64, paper form;
@@ -42,14 +43,16 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+import yaml
 
 from lightning_gait import GAITProp, InvertibleCNN
 from lightning_gait.diagnostics import backprop_gradients, gradient_alignment
 from lightning_gait.targets import NonFiniteError
 
+from .common import resolved_config, stack_args
 from .correlation import load_batches
 
-__all__ = ["Variant", "VARIANTS", "load_batches", "make_network", "measure", "summarize", "plot", "main"]
+__all__ = ["Variant", "VARIANTS_FILE", "load_variants", "variant_from_stack", "load_batches", "make_network", "measure", "summarize", "plot", "main"]
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 COLUMNS = ("variant", "activation", "gamma_mode", "dtype", "form", "net", "layer", "layer_type",
@@ -73,12 +76,25 @@ class Variant:
         return "paper" if self.form == "absolute" else self.form
 
 
-VARIANTS: Tuple[Variant, ...] = (
-    Variant("GAIT-N", "leaky_relu", "float64", "absolute", True),
-    Variant("GAIT-SN", "smooth_leaky_relu", "float64", "absolute", True),
-    Variant("GAIT-N float32 difference", "leaky_relu", "float32", "difference", True),
-    Variant("GAIT", "leaky_relu", "float64", "absolute", False),
-)
+#: the variants' config stacks (``experiments/conv_correlation.yaml``)
+VARIANTS_FILE = Path(__file__).resolve().with_name("conv_correlation.yaml")
+PRECISION_DTYPES = {"64-true": "float64", "64": "float64", "32-true": "float32", "32": "float32"}
+
+
+def variant_from_stack(name: str, stack: Sequence[str]) -> Variant:
+    """The variant that the config stack ``stack`` resolves to (its GAIT-prop rule's settings)."""
+    config = yaml.safe_load(resolved_config(stack_args(stack)))
+    rule = config["model"]["init_args"]
+    precision = str(config["trainer"]["precision"])
+    if config["model"]["class_path"] != "lightning_gait.GAITProp" or precision not in PRECISION_DTYPES:
+        raise ValueError(f"{name}: {stack} is not a GAIT-prop rule in float32 or float64")
+    return Variant(name, rule["net"]["init_args"]["activation"], PRECISION_DTYPES[precision], rule["target_mode"],
+                   bool(rule["normalize"]), float(rule["eta"]), float(rule["gamma"]))
+
+
+def load_variants(path: Path = VARIANTS_FILE) -> Tuple[Variant, ...]:
+    """Every variant of ``path``, in its order."""
+    return tuple(variant_from_stack(name, stack) for name, stack in yaml.safe_load(path.read_text())["variants"].items())
 
 
 def make_network(seed: int, activation: str, dtype: torch.dtype, *, channels: int) -> InvertibleCNN:
@@ -94,7 +110,7 @@ def _layer_types(net: InvertibleCNN) -> List[str]:
 
 
 def measure(j: int, images: torch.Tensor, labels: torch.Tensor, *, channels: int,
-            variants: Sequence[Variant] = VARIANTS) -> List[Dict[str, object]]:
+            variants: Sequence[Variant]) -> List[Dict[str, object]]:
     """Every variant's per-layer alignment with backprop on network ``j`` and its batch."""
     rows: List[Dict[str, object]] = []
     references: Dict[Tuple[str, str], list] = {}
@@ -203,10 +219,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     batches = load_batches(data_dir, nets=args.nets, batch_size=args.batch_size, seed=args.seed,
                            verify_checksums=not args.no_verify_checksums)
+    variants = load_variants()
     rows: List[Dict[str, object]] = []
     start = time.perf_counter()
     for j, (images, labels) in enumerate(batches):
-        rows += measure(j, images, labels, channels=args.channels)
+        rows += measure(j, images, labels, channels=args.channels, variants=variants)
         print(f"network {j + 1}/{args.nets} measured ({time.perf_counter() - start:.0f} s)", flush=True)
     summary = summarize(rows)
     _write_csv(args.out / "fig2b_correlation.csv", rows, COLUMNS)

@@ -306,6 +306,21 @@ def test_resume_continues_exactly(tiny_cifar_root, tmp_path, monkeypatch):
         torch.testing.assert_close(sb[k]["exp_avg_sq"], sa[k]["exp_avg_sq"], rtol=0, atol=1e-12)
 
 
+def test_conv_correlation_variants_are_the_stacks_settings():
+    """The CNN Fig. 2B's variants come from config stacks; they are the rule settings the study
+    was run with (results/cnn_fig2b): activation, dtype, form, gamma mode, eta."""
+    from experiments import conv_correlation as module
+
+    got = [(v.name, v.activation, v.dtype, v.form, v.normalize, v.eta) for v in module.load_variants()]
+    assert got == [("GAIT-N", "leaky_relu", "float64", "absolute", True, 1e-7),
+                   ("GAIT-SN", "smooth_leaky_relu", "float64", "absolute", True, 1e-7),
+                   ("GAIT-N float32 difference", "leaky_relu", "float32", "difference", True, 1e-7),
+                   ("GAIT", "leaky_relu", "float64", "absolute", False, 1e-7)]
+    assert module.load_variants()[3].gamma == 1e-3
+    with pytest.raises(ValueError, match="not a GAIT-prop rule"):
+        module.variant_from_stack("BP", ["conv/bp"])
+
+
 def test_conv_correlation_experiment_runs(tiny_cifar_root, tmp_path, monkeypatch):
     """experiments/conv_correlation.py on the generated CIFAR-10: CSVs, PNG, GAIT-N aligned with BP."""
     import csv
@@ -316,9 +331,10 @@ def test_conv_correlation_experiment_runs(tiny_cifar_root, tmp_path, monkeypatch
     assert module.main(["--data-dir", str(tiny_cifar_root), "--out", str(out), "--nets", "2", "--batch-size", "8",
                         "--channels", "4", "--no-verify-checksums"]) == 0
     rows = list(csv.DictReader(open(out / "fig2b_correlation.csv")))
-    assert len(rows) == 2 * len(module.VARIANTS) * 8
-    assert {r["variant"] for r in rows} == {v.name for v in module.VARIANTS}
+    variants = module.load_variants()
+    assert len(rows) == 2 * len(variants) * 8
+    assert {r["variant"] for r in rows} == {v.name for v in variants}
     assert all(float(r["corr"]) >= 0.9999 for r in rows if r["variant"] == "GAIT-N")
     summary = list(csv.DictReader(open(out / "fig2b_summary.csv")))
-    assert len(summary) == len(module.VARIANTS) * 8 and all(r["n_nets"] == "2" for r in summary)
+    assert len(summary) == len(variants) * 8 and all(r["n_nets"] == "2" for r in summary)
     assert (out / "fig2b_correlation.png").stat().st_size > 0

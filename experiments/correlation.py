@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
+import yaml
 from torch import Tensor
 
 from lightning_gait.diagnostics import backprop_gradients, gradient_alignment
@@ -57,6 +58,8 @@ __all__ = [
     "Variant",
     "VARIANTS",
     "REFERENCES",
+    "VARIANTS_FILE",
+    "load_variants",
     "FORMS",
     "DTYPES",
     "load_batches",
@@ -100,11 +103,22 @@ class Variant:
         return label(self.regime)
 
 
-VARIANTS = (Variant("gait"), Variant("gait_norm"), Variant("gait_smooth"), Variant("gait_smooth_norm"))
-REFERENCES = (
-    Variant("tp", target_forms=False),
-    Variant("fa", ("variants/square_output",), target_forms=False, seed_arg="feedback_seed"),
-)
+#: the figure's rules as config stacks
+VARIANTS_FILE = Path(__file__).resolve().with_name("correlation.yaml")
+
+
+def load_variants(path: Path = VARIANTS_FILE) -> Tuple[Tuple[Variant, ...], Tuple[Variant, ...]]:
+    """``(variants, references)`` of ``path``: GAIT-prop's rules (both target forms) and the others."""
+    spec = yaml.safe_load(path.read_text())
+
+    def read(entry: dict, target_forms: bool) -> Variant:
+        stack = list(entry["stack"])
+        return Variant(stack[0], tuple(stack[1:]), target_forms=target_forms, seed_arg=entry.get("seed_arg"))
+
+    return tuple(read(e, True) for e in spec["variants"]), tuple(read(e, False) for e in spec["references"])
+
+
+VARIANTS, REFERENCES = load_variants()
 
 
 def load_batches(data_dir: Path, *, nets: int, batch_size: int, seed: int = 0,

@@ -168,22 +168,13 @@ class LayerInverse:
         return view.rows_to_input(self.solve_rows(rows), z)
 
 
-class ProductInverse(LayerInverse):
-    """Applies an explicit inverse ``M = (A^T)^-1`` of a square layer's matrix: ``X = r M``.
+class _ExplicitInverse:
+    """Solves with an explicit inverse ``M`` (:attr:`matrix_inverse`) of a square layer's
+    matrix: ``X = r M`` over rows, or the layer's own product (a transposed convolution for
+    patches) where its :class:`MatrixView` has one."""
 
-    For layers whose rows far outnumber the matrix's size (a convolution over every pixel
-    of a batch), one ``n x n`` inversion per step (``n^3``) and one matrix product over the
-    rows cost less than triangular solves over the rows, and a product runs at a CPU's
-    full speed. ``M`` comes from the same LU factorisation as :class:`LayerInverse`
-    (``lu_solve`` of the identity), so :attr:`singular` is the same pivot test; for a
-    well-conditioned matrix (the orthogonality penalty keeps them so) the product is
-    exact to round-off like the solves.
-    """
-
-    def __init__(self, lu: Tensor, pivots: Tensor, view: Optional[MatrixView] = None) -> None:
-        super().__init__(lu, pivots, view)
-        eye = torch.eye(lu.shape[-1], dtype=lu.dtype, device=lu.device)
-        self.matrix_inverse = torch.linalg.lu_solve(lu, pivots, eye)
+    view: Optional[MatrixView]
+    matrix_inverse: Tensor
 
     def solve_rows(self, r: Tensor) -> Tensor:
         return r @ self.matrix_inverse
@@ -201,7 +192,25 @@ class ProductInverse(LayerInverse):
         return LayerInverse.solve_affine(self, z)
 
 
-class OrthogonalInverse:
+class ProductInverse(_ExplicitInverse, LayerInverse):
+    """Applies an explicit inverse ``M = (A^T)^-1`` of a square layer's matrix: ``X = r M``.
+
+    For layers whose rows far outnumber the matrix's size (a convolution over every pixel
+    of a batch), one ``n x n`` inversion per step (``n^3``) and one matrix product over the
+    rows cost less than triangular solves over the rows, and a product runs at a CPU's
+    full speed. ``M`` comes from the same LU factorisation as :class:`LayerInverse`
+    (``lu_solve`` of the identity), so :attr:`singular` is the same pivot test; for a
+    well-conditioned matrix (the orthogonality penalty keeps them so) the product is
+    exact to round-off like the solves.
+    """
+
+    def __init__(self, lu: Tensor, pivots: Tensor, view: Optional[MatrixView] = None) -> None:
+        super().__init__(lu, pivots, view)
+        eye = torch.eye(lu.shape[-1], dtype=lu.dtype, device=lu.device)
+        self.matrix_inverse = torch.linalg.lu_solve(lu, pivots, eye)
+
+
+class OrthogonalInverse(_ExplicitInverse):
     """The inverse of a layer that is orthogonal by construction: its transpose (over ``s^2``).
 
     With the layer's matrix ``A = s R`` (``R`` orthogonal, :mod:`~lightning_gait.networks.orthogonal`),
@@ -215,10 +224,6 @@ class OrthogonalInverse:
         self.view = view
         matrix = view.matrix.detach()
         self.matrix_inverse = matrix if scale is None else matrix / scale.detach() ** 2
-
-    solve_rows = ProductInverse.solve_rows
-    solve = ProductInverse.solve
-    solve_affine = ProductInverse.solve_affine
 
 
 def orthogonal_inverse(layer: nn.Module) -> Optional[OrthogonalInverse]:

@@ -54,6 +54,13 @@ def real_cifar_batch(name: str = "data_batch_1") -> Path:
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # under ``pytest -n N`` the workers share the cores: one thread each, in the processes they start too
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 
 def write_tiny_cifar(root: Path, *, per_batch: int = 64, test_size: int = 64, seed: int = 0) -> Path:
     """Write ``root/cifar-10-batches-py`` in CIFAR-10's python format, with random images.

@@ -348,6 +348,7 @@ def diagnostics_config(tmp_path: Path, *, every_n_steps: int = 1) -> Path:
     return path
 
 
+@pytest.mark.slow  # two processes
 def test_fit_cli_two_processes_with_callbacks(tiny_cifar_root, tmp_path):
     config = diagnostics_config(tmp_path)
     cmd = [

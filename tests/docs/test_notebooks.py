@@ -70,6 +70,7 @@ def tiny_run_env(monkeypatch, tiny_cifar_root, tmp_path):
     return tmp_path
 
 
+@pytest.mark.slow  # a whole experiment in a kernel
 def test_fig2b_notebook_runs_and_draws(kernel_name, tiny_run_env):
     nb = execute("fig2b_correlation.ipynb", kernel_name)
     assert images(nb) == 2  # the correlation bars and the drift curves
@@ -77,6 +78,7 @@ def test_fig2b_notebook_runs_and_draws(kernel_name, tiny_run_env):
     assert (tiny_run_env / "fig2b_summary.csv").is_file()
 
 
+@pytest.mark.slow  # a whole experiment in a kernel
 def test_fig2a_notebook_runs_and_draws(kernel_name, tiny_run_env):
     nb = execute("fig2a_training.ipynb", kernel_name)
     assert images(nb) == 1

@@ -173,7 +173,7 @@ def test_feedback_matrices_are_fixed_and_kept_in_the_checkpoint():
 # ============================================================== part 2: the Fig. 2B study
 NUM_NETS = 10
 #: networks of the study in the default suite (the first ones, same seeds and batches)
-QUICK_NETS = 3
+QUICK_NETS = 1
 BATCH = 256
 CIFAR_BATCH_FILE = real_cifar_batch()  # the data folder given once: --data-dir or $LIGHTNING_GAIT_DATA
 HAVE_CIFAR = CIFAR_BATCH_FILE.is_file()

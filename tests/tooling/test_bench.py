@@ -27,6 +27,7 @@ TINY = [
 ]
 
 
+@pytest.mark.slow  # a whole benchmark
 def test_cli_writes_json_and_markdown(tmp_path, capfd):
     path = tmp_path / "out" / "bench.json"
     md = tmp_path / "out" / "bench.md"
@@ -261,6 +262,7 @@ def test_the_variants_are_config_stacks_of_shipped_configs(tmp_path):
         load_variants("mlp", bad)
 
 
+@pytest.mark.slow  # a whole benchmark
 def test_conv_benchmark_times_training_step_inside_lightning(tmp_path):
     """--lightning: the variants take turns under a Trainer; one row per variant with the median
     step, the paired ratio to conv BP over rounds and its range."""

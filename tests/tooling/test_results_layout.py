@@ -4,6 +4,7 @@ that reruns it and the one that rebuilds its tables, and the latter rebuilds the
 from __future__ import annotations
 
 import csv
+import functools
 import os
 import re
 import shutil
@@ -64,17 +65,23 @@ def test_every_curve_has_its_config_beside_it():
                 assert (folder / "config.yaml").is_file(), f"{path.relative_to(REPO)}: {folder} has no config.yaml"
 
 
+@functools.lru_cache(maxsize=None)
+def _resolved(*args: str) -> dict:
+    return yaml.safe_load(resolved_config(list(args)))
+
+
 @pytest.mark.parametrize("folder", _config_folders(), ids=lambda p: str(p.relative_to(RESULTS)))
 def test_fit_accepts_the_config_and_it_is_the_stack_its_folder_names(folder, monkeypatch):
     """``fit --config results/.../config.yaml --print_config`` accepts it (run in this process), and the
     rule, network, precision, inputs and step budget it holds are what the folder's stack resolves to
-    now (the protocol, validation split, seed and logging may differ: they are the run's own)."""
+    now (the protocol, validation split, seed and logging may differ: they are the run's own). A stack
+    is resolved once for all its folders."""
     monkeypatch.chdir(REPO)
-    printed = yaml.safe_load(resolved_config(["--config", str(folder / "config.yaml")]))
+    printed = _resolved("--config", str(folder / "config.yaml"))
     match = RUN_ID.match(folder.name)
     assert match, f"{folder}: a run folder is named RUN_sSEED"
     assert printed["seed_everything"] == int(match["seed"])
-    now = yaml.safe_load(resolved_config(stack_args(_stack(match["name"]))))
+    now = _resolved(*stack_args(_stack(match["name"])))
     assert printed["model"] == now["model"], folder
     assert printed["trainer"]["precision"] == now["trainer"]["precision"], folder
     assert printed["trainer"]["max_steps"] == now["trainer"]["max_steps"], folder
@@ -104,15 +111,24 @@ def _blocks(readme: Path):
 
 
 def _rebuild_cases():
-    return [pytest.param(readme, code, id=f"{readme.parent.name}-{k}")
-            for readme in sorted(RESULTS.glob("*/README.md")) + [RESULTS / "README.md"] if readme.is_file()
-            for k, (spec, code) in enumerate(_blocks(readme)) if spec.strip() == "run"]
+    """Each command of the READMEs' rebuild blocks once (several READMEs name the same command), with
+    the README that names it first; a command that only prints is left to the ``--write`` one that
+    writes what it prints."""
+    commands = {}
+    for readme in sorted(RESULTS.glob("*/README.md")) + [RESULTS / "README.md"]:
+        for spec, code in _blocks(readme) if readme.is_file() else []:
+            for line in code.splitlines() if spec.strip() == "run" else []:
+                command = " ".join(line.split("#", 1)[0].split())
+                if command:
+                    commands.setdefault(command, readme)
+    return [pytest.param(readme, command, id=command.removeprefix("python -m experiments."))
+            for command, readme in commands.items() if f"{command} --write" not in commands]
 
 
 @pytest.mark.parametrize("readme, code", _rebuild_cases())
 def test_the_rebuild_commands_give_the_committed_tables(readme, code, tmp_path):
-    """Run a README's rebuild block in a copy of results/ and compare every CSV it writes with the
-    committed one: the committed tables are what their command gives from the committed curves."""
+    """Run a command of a README's rebuild block in a copy of results/ and compare every CSV it writes
+    with the committed one: the committed tables are what their command gives from the committed curves."""
     work = tmp_path / "checkout"
     shutil.copytree(RESULTS, work / "results")
     env = dict(os.environ, PYTHONPATH=str(REPO), MPLBACKEND="Agg", WANDB_MODE="offline")

@@ -33,13 +33,23 @@ def small_net_args() -> list:
     ]
 
 
-def run_cli(args, cwd: Path, env_extra=None, timeout=240):
-    env = {k: v for k, v in os.environ.items()}
-    env.update(env_extra or {})
-    return subprocess.run(
-        [sys.executable, "-m", "lightning_gait.fit", *args],
-        cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
-    )
+def run_cli(args, cwd: Path) -> subprocess.CompletedProcess:
+    """``python -m lightning_gait.fit ARGS`` run in this process from ``cwd``: its exit code and output.
+    The runs that must be processes of their own (W&B's start, signals) start one."""
+    import contextlib
+    import io
+
+    out, err, before = io.StringIO(), io.StringIO(), Path.cwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = fit.main(list(args))
+            except SystemExit as stop:  # --help and --print_config exit after printing
+                code = stop.code or 0
+    finally:
+        os.chdir(before)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def test_all_regimes_have_a_config():

@@ -345,8 +345,11 @@ def runnable(doc: Path) -> bool:
     return any(b.spec and parse_spec(b.spec)[0] == "run" for b in blocks(doc) if b.lang == "bash")
 
 
-@pytest.mark.parametrize("doc", [d for d in DOCUMENTS if runnable(d)], ids=name)
+@pytest.mark.parametrize("doc", [pytest.param(d, id=name(d), marks=[] if d == README else [pytest.mark.slow])
+                                 for d in DOCUMENTS if runnable(d)])
 def test_document_commands_run(doc, workspace):
+    """The README's commands run in the default suite; those of docs/*.md, minutes of training
+    runs in all, under ``-m slow``."""
     workspace.run(doc)
 
 

@@ -310,6 +310,7 @@ def test_misspelt_key_in_a_yaml_file_is_named(tmp_path):
     assert "normalise" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.e2e
 def test_wandb_without_login_goes_offline_and_starts(tiny_cifar_root, tmp_path):
     """No WANDB_MODE, no API key, no netrc, no stdin: training starts well within a minute."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}

@@ -147,6 +147,7 @@ def tolerances(name: str):
 
 
 # ---------------------------------------------------------------------- ranks agree
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", CLEAN)
 def test_ranks_identical_after_every_step(records, name):
     r0, r1 = records[name]["ddp"]
@@ -167,6 +168,7 @@ def test_ranks_identical_after_every_step(records, name):
             assert torch.equal(value, r1["buffers"][k][buf]), f"buffer {buf} differs at step {k}"
 
 
+@pytest.mark.e2e
 def test_feedback_matrices_broadcast_and_stay_equal(records):
     r0, r1 = records["fa_sum"]["ddp"]
     ref = records["fa_sum"]["ref"]
@@ -182,6 +184,7 @@ def test_feedback_matrices_broadcast_and_stay_equal(records):
 
 
 # ---------------------------------------------------------------------- DDP == one process on the union
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", CLEAN)
 def test_ddp_equals_one_process_on_the_union(records, name):
     r0, r1 = records[name]["ddp"]
@@ -206,6 +209,7 @@ def test_ddp_equals_one_process_on_the_union(records, name):
 
 
 # ---------------------------------------------------------------------- communication
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", CLEAN)
 def test_one_allreduce_per_step_inside_the_backward(records, name):
     """DDP's gradient hook fires in the backward only: never around the rank-0 diagnostics."""
@@ -224,6 +228,7 @@ def test_one_allreduce_per_step_inside_the_backward(records, name):
         assert r1["diagnostics_measurements"] == {"BPCorrelation": 0, "TargetNorms": 0, "Orthogonality": 0}
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", ["gait_exact_norm_sum", "bp_mean", "fa_sum"])
 def test_epoch_metrics_are_reduced_over_ranks(records, name):
     r0, r1 = records[name]["ddp"]
@@ -236,6 +241,7 @@ def test_epoch_metrics_are_reduced_over_ranks(records, name):
 
 
 # ---------------------------------------------------------------------- non-finite batches
+@pytest.mark.e2e
 def test_nan_on_one_rank_skips_on_every_rank(records):
     r0, r1 = records["gait_exact_nan_skip"]["ddp"]
     ref = records["gait_exact_nan_skip"]["ref"]
@@ -251,6 +257,7 @@ def test_nan_on_one_rank_skips_on_every_rank(records):
     assert all(torch.equal(a, b) for a, b in zip(r0["weights"][worker.NAN_STEP], r0["weights"][worker.NAN_STEP - 1]))
 
 
+@pytest.mark.e2e
 def test_nan_on_one_rank_raises_on_every_rank(records):
     r0, r1 = records["gait_exact_nan_raise"]["ddp"]
     assert r1["exception"].startswith("NonFiniteError: non-finite target")
@@ -259,6 +266,7 @@ def test_nan_on_one_rank_raises_on_every_rank(records):
 
 
 # ---------------------------------------------------------------------- the DataModule
+@pytest.mark.e2e
 def test_datamodule_splits_its_own_order_over_the_ranks(records, tiny_cifar_root):
     """Under DDP each rank gets every other sample of the one-process order of ``shuffle_seed``,
     cropped and flipped as a one-process run crops and flips it.
@@ -348,7 +356,7 @@ def diagnostics_config(tmp_path: Path, *, every_n_steps: int = 1) -> Path:
     return path
 
 
-@pytest.mark.slow  # two processes
+@pytest.mark.e2e  # two processes
 def test_fit_cli_two_processes_with_callbacks(tiny_cifar_root, tmp_path):
     config = diagnostics_config(tmp_path)
     cmd = [

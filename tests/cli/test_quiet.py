@@ -39,6 +39,7 @@ def run_fit(args, tmp_path: Path, timeout: int = 240) -> subprocess.CompletedPro
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.e2e
 def test_a_short_fit_without_logger_prints_no_noise(tiny_cifar_root, tmp_path):
     result = run_fit([
         "--config", "gait_norm", "--trainer.logger", "false", "--trainer.max_epochs", "1",
@@ -55,6 +56,7 @@ def test_a_short_fit_without_logger_prints_no_noise(tiny_cifar_root, tmp_path):
     assert "stopped: max_epochs=1 reached" in summary and "test/acc = " in summary
 
 
+@pytest.mark.e2e
 def test_a_short_fit_logged_to_wandb_prints_no_wandb_lines(tiny_cifar_root, tmp_path):
     """W&B's own console lines (``wandb: ...``; the last was Lightning's ``anonymous=None``
     warned about by W&B before the run's ``silent`` setting applies) are off: fit prints its

@@ -12,6 +12,7 @@ from lightning_gait import fit
 from _fit_helpers import STEPS_PER_EPOCH, args, checkpoint, hold, run_fit, start_fit, wait_for
 
 
+@pytest.mark.e2e
 def test_two_runs_started_at_once_on_one_folder_leave_one_runs_files(tiny_cifar_root, tmp_path, capsys):
     """The first run holds its folder from before it writes anything until it ends; the second is refused."""
     root, gate = tmp_path / "run", tmp_path / "gate"
@@ -32,6 +33,7 @@ def test_two_runs_started_at_once_on_one_folder_leave_one_runs_files(tiny_cifar_
     assert not (root / ".run.lock").exists()
 
 
+@pytest.mark.e2e
 def test_resuming_a_run_that_is_still_running_is_refused(tiny_cifar_root, tmp_path, capsys):
     root, gate = tmp_path / "run", tmp_path / "gate"
     assert fit.main(args(tiny_cifar_root, root, "--trainer.max_epochs", "1")) == 0

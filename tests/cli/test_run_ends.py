@@ -28,6 +28,7 @@ def straight(tiny_cifar_root, tmp_path_factory):
     return checkpoint(root / "checkpoints" / "last.ckpt")
 
 
+@pytest.mark.e2e
 def test_sigterm_saves_a_resumable_last_ckpt_and_exits_non_zero(tiny_cifar_root, tmp_path, straight, capsys):
     root, gate = tmp_path / "run", tmp_path / "gate"
     run = start_fit(args(tiny_cifar_root, root, "--trainer.max_epochs", "2", *hold(gate)))
@@ -93,6 +94,7 @@ sys.exit(fit.main(sys.argv[1:]))
 """
 
 
+@pytest.mark.e2e
 def test_a_kill_during_a_save_keeps_the_previous_checkpoint(tiny_cifar_root, tmp_path, capsys):
     root = tmp_path / "run"
     killed = subprocess.run([sys.executable, "-c", KILL_DURING_SECOND_SAVE,
@@ -113,6 +115,7 @@ def _limit_file_size(limit: int):
     return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
 
+@pytest.mark.e2e
 def test_a_full_disk_gives_one_line_and_no_truncated_checkpoint(tiny_cifar_root, tmp_path):
     """A file size limit (``ulimit -f``) below a checkpoint's size: writes fail as on a full disk."""
     root = tmp_path / "run"
@@ -137,6 +140,7 @@ exit $code
 """
 
 
+@pytest.mark.e2e
 def test_a_disk_that_fills_keeps_the_earlier_checkpoints(tiny_cifar_root, tmp_path):
     """A small tmpfs: epoch 0's best-*.ckpt and last.ckpt fit, a third checkpoint does not.
     The failed write ends with one line (No space left on device) and leaves epoch 0's two
@@ -177,6 +181,7 @@ exec "$@"
 """
 
 
+@pytest.mark.e2e
 def test_a_read_only_output_folder_gives_one_line(tiny_cifar_root, tmp_path):
     mnt = tmp_path / "mnt"
     mnt.mkdir()

@@ -169,6 +169,7 @@ def test_a_network_swap_that_drops_the_configs_settings_is_said(capsys):
 
 
 # ---------------------------------------------------------------- quiet, and nothing global on import
+@pytest.mark.e2e
 def test_a_run_prints_no_deprecation(tiny_cifar_root, tmp_path):
     """Every run printed `skip_none parameter was deprecated` (fit's config save); in a process
     of its own, without pytest's warning filters."""
@@ -197,6 +198,7 @@ assert not changed, changed
 """
 
 
+@pytest.mark.e2e
 def test_importing_the_package_changes_no_filters():
     """It installed a warnings filter and filters on Lightning's loggers for the whole process."""
     result = subprocess.run([sys.executable, "-c", IMPORT_CHANGES_NOTHING], capture_output=True, text=True, timeout=300)

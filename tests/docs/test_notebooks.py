@@ -70,7 +70,7 @@ def tiny_run_env(monkeypatch, tiny_cifar_root, tmp_path):
     return tmp_path
 
 
-@pytest.mark.slow  # a whole experiment in a kernel
+@pytest.mark.e2e  # a whole experiment in a kernel
 def test_fig2b_notebook_runs_and_draws(kernel_name, tiny_run_env):
     nb = execute("fig2b_correlation.ipynb", kernel_name)
     assert images(nb) == 2  # the correlation bars and the drift curves
@@ -78,7 +78,7 @@ def test_fig2b_notebook_runs_and_draws(kernel_name, tiny_run_env):
     assert (tiny_run_env / "fig2b_summary.csv").is_file()
 
 
-@pytest.mark.slow  # a whole experiment in a kernel
+@pytest.mark.e2e  # a whole experiment in a kernel
 def test_fig2a_notebook_runs_and_draws(kernel_name, tiny_run_env):
     nb = execute("fig2a_training.ipynb", kernel_name)
     assert images(nb) == 1
@@ -110,6 +110,7 @@ def test_committed_notebooks_hold_their_figures(name, figures):
             assert png is None or len(png) > 20_000  # a drawn figure, base64
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", ["fig2a_training.ipynb", "fig2b_correlation.ipynb"])
 def test_committed_outputs_are_what_the_committed_results_give(name, kernel_name, monkeypatch):
     """Executed with its defaults (the committed CSVs), a notebook prints what it holds; else rerun
@@ -122,6 +123,7 @@ def test_committed_outputs_are_what_the_committed_results_give(name, kernel_name
     assert cell_outputs(execute(name, kernel_name)) == cell_outputs(committed)
 
 
+@pytest.mark.e2e
 def test_headline_notebook_draws_the_committed_runs(kernel_name, monkeypatch):
     """The headline notebook reads results/mlp_gap and results/cnn, which grow while runs continue,
     so its saved outputs are checked for figures, not compared line by line."""

@@ -146,12 +146,12 @@ def test_module_blocks_compile():
 
 
 def test_the_readme_tests_what_ci_runs():
-    """The README's test command is the one `.ci/run` runs."""
+    """The README's test commands are the ones `.ci/run` runs: the default suite, then the e2e runs."""
     ci = [line.strip() for line in (REPO_ROOT / ".ci" / "run").read_text().splitlines()
           if "pytest" in line and not line.lstrip().startswith("#")]
-    assert ci == ["python -m pytest -q"], ci
+    assert ci == ["python -m pytest -q", "python -m pytest -q -m e2e"], ci
     readme = [line for b in blocks(README) if b.lang == "bash" for line in commands(b.code)]
-    assert ci[0] in readme
+    assert all(command in readme for command in ci), (ci, readme)
 
 
 # ---------------------------------------------------------------------- a scratch checkout
@@ -345,14 +345,13 @@ def runnable(doc: Path) -> bool:
     return any(b.spec and parse_spec(b.spec)[0] == "run" for b in blocks(doc) if b.lang == "bash")
 
 
-@pytest.mark.parametrize("doc", [pytest.param(d, id=name(d), marks=[] if d == README else [pytest.mark.slow])
-                                 for d in DOCUMENTS if runnable(d)])
+@pytest.mark.e2e
+@pytest.mark.parametrize("doc", [d for d in DOCUMENTS if runnable(d)], ids=name)
 def test_document_commands_run(doc, workspace):
-    """The README's commands run in the default suite; those of docs/*.md, minutes of training
-    runs in all, under ``-m slow``."""
     workspace.run(doc)
 
 
+@pytest.mark.e2e
 def test_document_python_sessions_run(workspace):
     docs = [doc for doc in DOCUMENTS if python_sessions(doc)]
     assert len(docs) >= 3

@@ -262,7 +262,7 @@ def _load_worker():
 
 
 @pytest.mark.parametrize("kind", ["cnn_scaled", "mlp"])
-@pytest.mark.slow  # two processes, twice
+@pytest.mark.e2e  # two processes, twice
 def test_ddp_trains_like_one_process(kind, tmp_path):
     """Two CPU ranks (gloo) started from different weights end bitwise equal, and equal to
     one process on the union of their batches (1e-10)."""

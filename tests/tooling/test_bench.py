@@ -27,7 +27,7 @@ TINY = [
 ]
 
 
-@pytest.mark.slow  # a whole benchmark
+@pytest.mark.e2e  # a whole benchmark
 def test_cli_writes_json_and_markdown(tmp_path, capfd):
     path = tmp_path / "out" / "bench.json"
     md = tmp_path / "out" / "bench.md"
@@ -76,6 +76,7 @@ def test_cli_writes_json_and_markdown(tmp_path, capfd):
         assert noise not in printed.out + printed.err, noise
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux's peak-RSS reset")
 def test_memory_phase_reports_the_step_peak():
     cfg = BenchConfig(batch=64)
@@ -201,6 +202,7 @@ def test_floor_report_arithmetic():
     assert "cached_mixed" not in rep32["schemes"]
 
 
+@pytest.mark.e2e
 def test_floor_cli_runs_small(tmp_path, capsys):
     from benchmarks import bench_floor
 
@@ -262,7 +264,7 @@ def test_the_variants_are_config_stacks_of_shipped_configs(tmp_path):
         load_variants("mlp", bad)
 
 
-@pytest.mark.slow  # a whole benchmark
+@pytest.mark.e2e  # a whole benchmark
 def test_conv_benchmark_times_training_step_inside_lightning(tmp_path):
     """--lightning: the variants take turns under a Trainer; one row per variant with the median
     step, the paired ratio to conv BP over rounds and its range."""

@@ -252,7 +252,7 @@ def test_layers_from_a_config():
 
 
 # ---------------------------------------------------------------------- DDP
-@pytest.mark.slow  # two processes
+@pytest.mark.e2e  # two processes
 def test_two_process_ddp_run_is_one_wandb_run(tiny_cifar_root, tmp_path):
     drop = ("LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
             "LOCAL_WORLD_SIZE", "PL_GLOBAL_SEED", "PL_TRAINER_GPUS")

@@ -101,6 +101,7 @@ def test_batches_are_distinct_and_seeded(tiny_cifar_root):
         correlation.load_batches(tiny_cifar_root, nets=1, batch_size=10_000, verify_checksums=False)
 
 
+@pytest.mark.e2e
 def test_correlation_command_writes_csvs_and_png(tiny_cifar_root, tmp_path, capsys):
     code = correlation.main(["--data-dir", str(tiny_cifar_root), "--out", str(tmp_path), "--quick",
                              "--no-verify-checksums", "--dtypes", "float64"])

@@ -97,7 +97,7 @@ def test_a_run_validated_on_test_or_missing_a_seed_stops_the_table(tmp_path, cap
     assert "validated on the test set" in capsys.readouterr().err
 
 
-@pytest.mark.slow  # four runs of an experiment
+@pytest.mark.e2e  # four runs of an experiment
 def test_the_committed_grid_trains_on_tiny_data_and_makes_its_table(tiny_cifar_root, tmp_path, capsys):
     """Two of fair_cnn_mlp's stacks (the MLP's BP at two rates), two seeds, one epoch of tiny data, through
     experiments.stacks, then the table from what sync wrote."""

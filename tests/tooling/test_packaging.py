@@ -47,6 +47,7 @@ def run_installed(target: Path, args, cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=240)
 
 
+@pytest.mark.e2e
 def test_the_wheel_holds_every_config(installed_wheel):
     shipped = {p.relative_to(installed_wheel / "lightning_gait" / "conf").as_posix()
                for p in (installed_wheel / "lightning_gait" / "conf").rglob("*.yaml")}
@@ -57,6 +58,7 @@ def test_the_wheel_holds_every_config(installed_wheel):
             "sweeps/gait_norm_eta.yaml"} <= shipped
 
 
+@pytest.mark.e2e
 def test_installed_package_runs_fit_with_a_config_name_outside_the_checkout(installed_wheel, tmp_path):
     result = run_installed(installed_wheel, ["-m", "lightning_gait.fit", "--config", "gait_norm", "--print_config"],
                            tmp_path)
@@ -87,6 +89,7 @@ print(json.dumps({"file": lightning_gait.__file__,
 """
 
 
+@pytest.mark.e2e
 def test_installed_package_takes_paths_and_group_names_and_lists_names(installed_wheel, tmp_path):
     import json
 

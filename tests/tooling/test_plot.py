@@ -52,6 +52,7 @@ def test_load_csv_keeps_every_logged_value(csv_run):
     assert [k for k, _, _ in plot.layer_series(series, "bp_corr")] == [1, 2, 3, 4, 5]
 
 
+@pytest.mark.e2e
 def test_plot_command_writes_non_empty_pngs(csv_run):
     result = subprocess.run(
         [sys.executable, "-m", "lightning_gait.plot", str(csv_run / "metrics.csv")],

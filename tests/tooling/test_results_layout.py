@@ -125,6 +125,7 @@ def _rebuild_cases():
             for command, readme in commands.items() if f"{command} --write" not in commands]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("readme, code", _rebuild_cases())
 def test_the_rebuild_commands_give_the_committed_tables(readme, code, tmp_path):
     """Run a command of a README's rebuild block in a copy of results/ and compare every CSV it writes

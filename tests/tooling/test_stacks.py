@@ -46,6 +46,7 @@ def test_a_bad_grid_is_one_line(tmp_path, monkeypatch, capsys):
     assert "experiments: bad" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_a_run_resumes_in_a_new_segment_and_syncs_curve_and_config(tiny_cifar_root, tmp_path, monkeypatch):
     monkeypatch.setattr(stacks, "GRIDS_DIR", tmp_path)
     (tmp_path / "tiny.yaml").write_text(
@@ -69,7 +70,7 @@ def test_a_run_resumes_in_a_new_segment_and_syncs_curve_and_config(tiny_cifar_ro
     assert config["seed_everything"] == 3 and config["data"]["init_args"]["shuffle_seed"] == 3
 
 
-@pytest.mark.slow  # five runs of an experiment, as processes
+@pytest.mark.e2e  # five runs of an experiment, as processes
 def test_runs_at_once_log_to_their_folders_and_a_failure_does_not_stop_the_others(tiny_cifar_root, tmp_path,
                                                                                   monkeypatch, capsys):
     monkeypatch.setattr(stacks, "GRIDS_DIR", tmp_path)

@@ -311,16 +311,18 @@ def test_conv_correlation_variants_are_the_stacks_settings():
     was run with (results/cnn_fig2b): activation, dtype, form, gamma mode, eta."""
     from experiments import conv_correlation as module
 
-    got = [(v.name, v.activation, v.dtype, v.form, v.normalize, v.eta) for v in module.load_variants()]
+    variants = module.load_variants()
+    got = [(v.name, v.activation, v.dtype, v.form, v.normalize, v.eta) for v in variants]
     assert got == [("GAIT-N", "leaky_relu", "float64", "absolute", True, 1e-7),
                    ("GAIT-SN", "smooth_leaky_relu", "float64", "absolute", True, 1e-7),
                    ("GAIT-N float32 difference", "leaky_relu", "float32", "difference", True, 1e-7),
                    ("GAIT", "leaky_relu", "float64", "absolute", False, 1e-7)]
-    assert module.load_variants()[3].gamma == 1e-3
+    assert variants[3].gamma == 1e-3
     with pytest.raises(ValueError, match="not a GAIT-prop rule"):
         module.variant_from_stack("BP", ["conv/bp"])
 
 
+@pytest.mark.e2e  # a whole experiment, or every regime
 def test_conv_correlation_experiment_runs(tiny_cifar_root, tmp_path, monkeypatch):
     """experiments/conv_correlation.py on the generated CIFAR-10: CSVs, PNG, GAIT-N aligned with BP."""
     import csv

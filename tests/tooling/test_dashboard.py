@@ -86,6 +86,7 @@ def logged_keys(path: Path) -> set:
     return keys
 
 
+@pytest.mark.e2e  # a whole experiment, or every regime
 def test_every_logged_key_is_on_a_panel_and_every_panel_key_is_logged(regime_runs, spec):
     assert sorted(regime_runs) == ["bp", "bp_smooth", "fa", "gait", "gait_norm", "gait_smooth",
                                    "gait_smooth_norm", "tp"]
@@ -129,6 +130,7 @@ def _items(updates) -> dict:
     return {(".".join(i.nested_key) if i.nested_key else i.key): json.loads(i.value_json) for i in updates}
 
 
+@pytest.mark.e2e  # a whole experiment, or every regime
 def test_run_records_regime_config_version_and_best(regime_runs):
     path = regime_runs["gait_norm"]
     run = _records(path, "run")[0]

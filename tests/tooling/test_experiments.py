@@ -146,6 +146,7 @@ def test_perturbation_grows_the_deviation_and_lowers_the_correlation():
     assert min(curves[4][1]) > 0.9999  # the output layer inverts nothing
 
 
+@pytest.mark.e2e  # a whole experiment, or every regime
 def test_orthogonality_command(tiny_cifar_root, tmp_path):
     code = orthogonality.main(["--data-dir", str(tiny_cifar_root), "--out", str(tmp_path), "--quick",
                                "--no-verify-checksums", "--nets", "1", "--scales", "0,0.1"])
@@ -176,6 +177,7 @@ def test_regimes_come_from_fits_parser():
         build_regime("gait_norm", "--model.init_args.etaa", "1e-7")
 
 
+@pytest.mark.e2e  # a whole experiment, or every regime
 def test_training_command_records_test_accuracy(tiny_cifar_root, tmp_path):
     code = training.main(["--data-dir", str(tiny_cifar_root), "--out", str(tmp_path), "--regimes", "bp,gait_norm",
                           "--epochs", "1", "--evals-per-epoch", "2", "--no-verify-checksums"])
@@ -217,6 +219,7 @@ def test_training_command_rejects_unknown_regime(tmp_path, capsys):
     assert "sgd" in capsys.readouterr().err
 
 
+@pytest.mark.e2e  # a whole experiment, or every regime
 def test_tracked_training_records_orthogonality_and_alignment(tiny_cifar_root, tmp_path):
     summary = training.train_regime("gait_norm", data_dir=tiny_cifar_root, out=tmp_path / "tracked", epochs=1,
                                     verify_checksums=False, track_alignment=True)

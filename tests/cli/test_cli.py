@@ -179,6 +179,7 @@ def test_config_by_name_and_a_second_config(monkeypatch):
     assert data["init_args"]["data_dir"] == "/elsewhere" and data["init_args"]["download"] is False
 
 
+@pytest.mark.e2e  # W&B starts a process of its own
 def test_fit_leaves_a_w_and_b_run_it_did_not_start_open(tmp_path, monkeypatch):
     """A run opened around ``fit.main`` (a sweep agent's function) stays open; fit's own is finished."""
     import wandb

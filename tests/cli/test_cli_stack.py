@@ -79,6 +79,7 @@ def test_the_saved_config_holds_the_sizes_and_reruns(tiny_cifar_root, tmp_path, 
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.e2e  # W&B starts a process of its own
 def test_the_wandb_run_is_named_through_the_loggers_documented_arguments(tiny_cifar_root, tmp_path, monkeypatch):
     """Group, tags and quiet settings, and on resume the checkpoint's run id, are the logger's
     own arguments (wandb.init's), set in the configuration: nothing private is written."""

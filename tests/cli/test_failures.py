@@ -105,6 +105,7 @@ def test_second_run_in_a_used_folder_is_refused_and_resuming_it_continues(tiny_c
     assert torch.load(root / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 8
 
 
+@pytest.mark.e2e  # W&B starts a process of its own
 def test_resumed_wandb_run_continues_its_run_and_its_folder(tiny_cifar_root, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.chdir(tmp_path)

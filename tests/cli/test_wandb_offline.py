@@ -21,6 +21,9 @@ from lightning_gait.wandb_history import (
 from conftest import REPO_ROOT
 LAYERS = 7  # conf/gait_norm.yaml: 3072 -> 6 x width -> width, 7 linear layers
 
+#: every test here writes W&B runs, whose service is a process of its own
+pytestmark = pytest.mark.e2e
+
 
 def _offline_run(tmp_path: Path, log) -> Path:
     import wandb

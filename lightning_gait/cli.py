@@ -153,6 +153,11 @@ def user_error_line(err: BaseException) -> str:
     classes = re.findall(r"Problem with given class_path '([^']+)'", message)
     lines = [line.strip().removeprefix("- ") for line in message.splitlines()]
     problem = next((line for line in lines if line and not _STRUCTURE.match(line)), message)
+    expected = re.findall(r"^\s*- Expected a <class '([\w.]+)'>$", message, re.M)
+    if len(expected) > 1 and problem.startswith("Expected a "):  # a Union: each of its types
+        given = re.search(r"Given value: (.*)$", message, re.M)
+        types = " or ".join(t.replace("NoneType", "null") for t in expected)
+        problem = f"expected {types}" + (f", got {given[1]}" if given else "")
     problem = re.sub(r"<class '([\w.]+)'>", r"\1", problem).replace("Expected a ", "expected ").replace(
         ". Got value: ", ", got ")
     unknown = re.match(r"(?:Key|Option) '([\w.]+)' is not accepted", problem)

@@ -39,6 +39,8 @@ def one_line_error(args, capsys) -> str:
     (["--data.batch_size", "0"], "--data.batch_size", "must be >= 1, got 0"),
     ([f"--{NET}.width", "wide"], f"--{NET}.width", "expected int, got wide"),
     (["--model.class_path", "lightning_gait.Nope"], "--model.class_path lightning_gait.Nope", "cannot import it"),
+    (["--seed_everything", "x"], "--seed_everything", "expected bool or int, got x"),  # a Union: each type
+    (["--trainer.max_epochs", "x"], "--trainer.max_epochs", "expected int or null, got x"),
 ])
 def test_a_bad_value_is_one_line_naming_the_option(args, option, problem, capsys):
     """They came as jsonargparse's dump of every Union subtype, the useful line inside."""

@@ -41,6 +41,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
+from lightning_gait.malloc import keep_freed_memory
+
 from .memory import memory_phase
 from .step_time import time_lightning, time_point
 from .tables import format_markdown
@@ -155,6 +157,8 @@ def _meta(cfg: BenchConfig, argv: Optional[Sequence[str]]) -> dict:
         "peak_step_mb": "CPU: rise of peak RSS (VmHWM reset via /proc/self/clear_refs) over RSS before one step, "
                         "glibc mmap threshold 64 KiB; CUDA: max_memory_allocated - memory_allocated before",
     }
+    # as fit does (lightning_gait.malloc), before the first step
+    meta["malloc"] = "freed memory kept (as fit)" if keep_freed_memory() else "the C library's defaults"
     try:
         meta["loadavg_start"] = os.getloadavg()
     except OSError:

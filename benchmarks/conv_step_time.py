@@ -48,6 +48,7 @@ import pytorch_lightning as pl
 import torch
 
 from lightning_gait.callbacks import DiagnosticCallback
+from lightning_gait.malloc import keep_freed_memory
 
 from .split import profile_split
 from .step_time import quantiles
@@ -243,7 +244,8 @@ def markdown(meta: dict, rows: List[dict], splits: List[dict], diagnostics: List
     """The tables of one run, with the machine they were measured on."""
     out = [f"# CNN step time: GAIT-N against backprop ({meta['date']})", "",
            f"{meta['processor']}, {meta['threads']} torch threads, torch {meta['torch']}, batch {meta['batch']}; "
-           f"load average {meta['load_start']} at the start, {meta['load_end']} at the end.", "",
+           f"load average {meta['load_start']} at the start, {meta['load_end']} at the end; "
+           f"malloc: {meta.get('malloc', 'not recorded')}.", "",
            f"Command: `{meta['command']}`", "",
            "| mode | dtype | variant | median step (ms) | q1-q3 (ms) | rounds | ratio to conv_bp (min-max) |",
            "|---|---|---|---:|---|---:|---|"]
@@ -301,14 +303,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("--variants must include conv_bp, the baseline of every ratio")
     if args.threads:
         torch.set_num_threads(args.threads)
+    malloc = "freed memory kept (as fit)" if keep_freed_memory() else "the C library's defaults"
     device = torch.device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     meta = {"processor": where, "threads": torch.get_num_threads(), "torch": torch.__version__, "batch": args.batch,
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_start": _load(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_start": _load(), "malloc": malloc,
             "command": "python -m benchmarks.conv_step_time " + " ".join(argv if argv is not None else
                                                                          __import__("sys").argv[1:])}
     print(f"# {where}, {meta['threads']} threads, torch {meta['torch']}, batch {args.batch}, "
-          f"load average {meta['load_start']}", flush=True)
+          f"load average {meta['load_start']}, malloc: {malloc}", flush=True)
     rows: List[dict] = []
     splits: List[dict] = []
     diagnostics: List[dict] = []

@@ -9,7 +9,6 @@ before the step, in this process.
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import sys
@@ -17,22 +16,17 @@ from typing import Callable, List, Optional
 
 import torch
 
+from lightning_gait.malloc import M_MMAP_THRESHOLD, mallopt
 from lightning_gait.targets import NonFiniteError
 
 from .variants import VARIANTS, StepRunner, sync
 
 __all__ = ["peak_step_mb", "memory_phase"]
 
-_M_MMAP_THRESHOLD = -3
-
 
 def _configure_malloc() -> bool:
     """Fix glibc's mmap threshold so that large freed tensors leave the resident set."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, 64 * 1024))
-    except (OSError, AttributeError):
-        return False
+    return mallopt(M_MMAP_THRESHOLD, 64 * 1024)
 
 
 def _proc_status_kb(key: str) -> Optional[int]:

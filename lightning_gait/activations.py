@@ -175,8 +175,8 @@ class LeakyReLU(InvertibleActivation):
 
         A unit can cross only where ``|a| <= |eps e| <= gamma max|e|`` (per sample). On a
         CPU the few rows (pixels, or samples of a dense layer) holding such a unit are
-        found by two comparisons and take the full formula; the whole nudge then costs one
-        new tensor and a few passes over memory. Elsewhere (a GPU, where elementwise work
+        found from each row's smallest ``|a|`` and take the full formula; the whole nudge
+        then costs a few passes over memory. Elsewhere (a GPU, where elementwise work
         is cheap and finding them would synchronise), or for tensors without a row view,
         every unit takes the full formula.
         """
@@ -189,13 +189,13 @@ class LeakyReLU(InvertibleActivation):
         (z_rows, per_sample), (a_rows, _), (e_rows, _), (out_rows, _) = views
         dims = tuple(range(1, e.dim()))
         largest = torch.maximum(e.amax(dim=dims), e.amin(dim=dims).neg())  # max |e| per sample, no copy of e
-        bound = largest.view(-1, *([1] * len(dims))) * gamma * 1.001  # >= |eps e|, with room for rounding
-        near = a <= bound
-        near &= a >= -bound
-        rows = _row_view(near)[0].any(dim=1).nonzero().squeeze(1)
+        g = gamma.reshape(-1) if gamma.numel() > 1 else gamma.reshape(1).expand(len(z))
+        bound = largest * g * 1.001  # per sample, >= |eps e|, with room for rounding
+        # a row is near when its smallest |a| is within its sample's bound (NaN is never near)
+        closest = a_rows.abs().amin(dim=1).view(len(z), per_sample)
+        rows = (closest <= bound.unsqueeze(1)).view(-1).nonzero().squeeze(1)
         if rows.numel():
             zr = z_rows[rows]
-            g = gamma.reshape(-1) if gamma.numel() > 1 else gamma.reshape(1).expand(len(z))
             h = g[rows // per_sample].unsqueeze(1) * self.derivative(zr) ** 2 * e_rows[rows]
             out_rows[rows] = self._inverse_difference(zr, h, a_rows[rows], reuse_h=True)
         return out

@@ -14,7 +14,8 @@ produced NaN or infinite values; 143 stopped by SIGTERM.
 
 A W&B run without ``WANDB_MODE`` or an API key is logged offline, with one line saying so
 and the ``wandb sync`` command at the end (:mod:`lightning_gait.wandb_run`). The command,
-not the package, quiets third-party output (:mod:`lightning_gait._quiet`).
+not the package, quiets third-party output (:mod:`lightning_gait._quiet`) and keeps freed
+memory in the process for the next step (:mod:`lightning_gait.malloc`).
 """
 from __future__ import annotations
 
@@ -71,7 +72,9 @@ def main(args=None) -> int:
     import torch.distributed as dist
 
     from ._quiet import quiet_third_party_output
+    from .malloc import keep_freed_memory
 
+    keep_freed_memory()  # before the first large tensor (lightning_gait.malloc)
     quiet_third_party_output()
     code = 1  # an exception escaping _main
     caller_run = getattr(sys.modules.get("wandb"), "run", None)  # e.g. a sweep agent's

@@ -25,9 +25,10 @@ so the rows of a 1x1 convolution are a view of the activation (no copy) and the
 convolutions take oneDNN's fast channels-last path. :func:`rows_to_pixels` and
 :func:`rows_to_patches` return channels-last tensors. A batch holds far more rows (pixels,
 patches) than the matrix has columns, so :class:`Conv1x1` and :class:`PatchConv` are
-inverted by one explicit inverse of ``A`` per step and one matrix product over the rows
-(:class:`~lightning_gait.networks.layers.ProductInverse`), not by triangular solves over
-the rows; their updates come from one weight-gradient convolution
+inverted by one explicit inverse of ``A`` per step and one product over the rows, itself a
+convolution (1x1, or transposed over patches: oneDNN's convolutions beat a matrix product
+over the rows here) (:class:`~lightning_gait.networks.layers.ProductInverse`), not by
+triangular solves over the rows; their updates come from one weight-gradient convolution
 (:func:`~lightning_gait.networks.layers.weight_gradient`).
 """
 from __future__ import annotations
@@ -185,10 +186,16 @@ class FlatLinear(nn.Module):
 
 
 # ---------------------------------------------------------------------- matrix views
+def _pixel_product(r: Tensor, matrix: Tensor) -> Tensor:
+    # rows_to_pixels(pixels_to_rows(r) @ M, r): a 1x1 convolution whose kernel is M^T (oneDNN's
+    # channels-last convolution, faster on a CPU than a matrix product over the rows)
+    return F.conv2d(r, matrix.T[:, :, None, None])
+
+
 @matrix_view.register
 def _(layer: Conv1x1) -> MatrixView:
     return MatrixView(layer.weight, layer.bias, input_rows=pixels_to_rows, output_rows=pixels_to_rows,
-                      rows_to_input=rows_to_pixels, rows_to_output=rows_to_pixels)
+                      rows_to_input=rows_to_pixels, rows_to_output=rows_to_pixels, product=_pixel_product)
 
 
 @matrix_view.register

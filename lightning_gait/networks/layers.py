@@ -63,7 +63,7 @@ class MatrixView:
     rows_to_input: Callable[[Tensor, Tensor], Tensor] = lambda r, like: r
     rows_to_output: Callable[[Tensor, Tensor], Tensor] = lambda r, like: r
     #: optional ``product(r, M)``: ``rows_to_input(output_rows(r) @ M, r)`` computed another
-    #: way where that is faster (a transposed convolution for patches), ``M`` of shape
+    #: way where that is faster (a convolution for pixels, a transposed one for patches), ``M`` of shape
     #: ``(n_out, n_in)``
     product: Optional[Callable[[Tensor, Tensor], Tensor]] = None
 

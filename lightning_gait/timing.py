@@ -28,11 +28,24 @@ class EpochTimer(pl.Callback):
         self.log_lr = log_lr
         self._start = None
         self._images = 0
+        self._validation_start = None
+        self._validation_s = 0.0
         self.last_epoch_s: float | None = None
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._start = time.perf_counter()
         self._images = 0
+        self._validation_s = 0.0
+
+    # Lightning validates inside the training epoch, before on_train_epoch_end: that time is left out
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if self._start is not None and not trainer.sanity_checking:
+            self._validation_start = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._validation_start is not None:
+            self._validation_s += time.perf_counter() - self._validation_start
+            self._validation_start = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._images += len(batch[1])
@@ -40,7 +53,7 @@ class EpochTimer(pl.Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self._start is None:
             return
-        elapsed = time.perf_counter() - self._start
+        elapsed = time.perf_counter() - self._start - self._validation_s
         self.last_epoch_s = elapsed
         pl_module.log("time/epoch_s", elapsed, on_step=False, on_epoch=True, rank_zero_only=True)
         per_process = self._images / max(elapsed, 1e-9)

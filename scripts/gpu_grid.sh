@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
-# The fair CNN-against-MLP table (experiments/grids/fair_cnn_mlp.yaml) on one lent GPU: every run of
-# the grid at once, on the real CIFAR-10. Run from the repository root.
+# An experiment's grid on one lent GPU: every run of it at once, on the real CIFAR-10. The grid is
+# GRID (a file of experiments/grids without .yaml; default fair_cnn_mlp, the fair CNN-against-MLP
+# table; GRID=cnn_levers for the CNN's accuracy levers). Run from the repository root.
 #
 # CIFAR-10 (six 31 MB files) is larger than one device call carries (64 MiB, the checkout included),
 # so it travels xz-compressed in three calls of two files each:
-#   1. here, once:  bash scripts/gpu_fair_table.sh --prepare [DATA_DIR]   (default ../shared/data)
+#   1. here, once:  bash scripts/gpu_grid.sh --prepare [DATA_DIR]   (default ../shared/data)
 #      writes .gpu_data/{1,2,3}/ (git-excluded); also run `bash scripts/gpu_check.sh --prepare`.
 #   2. on the device, back to back (a machine goes back after 30 s idle):
-#        bash scripts/gpu_fair_table.sh --unpack 1              carry [".gpu_data/1"]
-#        bash scripts/gpu_fair_table.sh --unpack 2              carry [".gpu_data/2"]
-#        bash scripts/gpu_fair_table.sh --unpack 3 --run SECS   carry [".gpu_data/3", ".gpu_pydeps"]
+#        bash scripts/gpu_grid.sh --unpack 1              carry [".gpu_data/1"]
+#        bash scripts/gpu_grid.sh --unpack 2              carry [".gpu_data/2"]
+#        bash scripts/gpu_grid.sh --unpack 3 --run SECS   carry [".gpu_data/3", ".gpu_pydeps"]
 #      --run trains every run of the grid at once for at most SECS seconds (then stops them with
-#      SIGTERM) and packs each run's metrics.csv, config.yaml and log into $OUT/fair_cnn_mlp.tar.gz.
-#   3. here: tar -xzf .../fair_cnn_mlp.tar.gz (it holds outputs/fair_cnn_mlp/...), then
-#        python -m experiments.stacks sync fair_cnn_mlp && python -m experiments.fair_table fair_cnn_mlp --write
+#      SIGTERM) and packs each run's metrics.csv, config.yaml and log into $OUT/$GRID.tar.gz.
+#   3. here: tar -xzf .../$GRID.tar.gz (it holds outputs/$GRID/...), then
+#        python -m experiments.stacks sync $GRID   (fair_cnn_mlp: && python -m experiments.fair_table fair_cnn_mlp --write)
 #      The table is read at the last epoch that every run reached.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+GRID="${GRID:-fair_cnn_mlp}"
+[ -f "experiments/grids/$GRID.yaml" ] || { echo "error: no grid experiments/grids/$GRID.yaml (GRID=$GRID)" >&2; exit 2; }
 FILES=(data_batch_1 data_batch_2 data_batch_3 data_batch_4 data_batch_5 test_batch)
 CIFAR=/tmp/cifar/cifar-10-batches-py
 
@@ -45,7 +48,7 @@ fi
 
 if [ "${1:-}" = "--run" ]; then
     secs="$2"
-    OUT=${OUT:-/tmp/gpu_fair}
+    OUT=${OUT:-/tmp/gpu_$GRID}
     mkdir -p "$OUT"
     for f in "${FILES[@]}" batches.meta; do
         [ -f "$CIFAR/$f" ] || { echo "error: $CIFAR/$f is missing: run the --unpack calls first" >&2; exit 2; }
@@ -56,7 +59,7 @@ if [ "${1:-}" = "--run" ]; then
     start=$(date +%s)
     # STACKS_ARGS / FIT_ARGS (a dry run here: --seeds 0 --only NAME, --trainer.accelerator cpu ...)
     # shellcheck disable=SC2086
-    python3 -m experiments.stacks run fair_cnn_mlp --jobs 36 --data-dir /tmp/cifar ${STACKS_ARGS:-} \
+    python3 -m experiments.stacks run "$GRID" --jobs 36 --data-dir /tmp/cifar ${STACKS_ARGS:-} \
         --fit-args ${FIT_ARGS:---trainer.accelerator gpu --trainer.devices 1} > "$OUT/stacks.log" 2>&1 &
     pid=$!
     while kill -0 $pid 2>/dev/null && [ $(( $(date +%s) - start )) -lt "$secs" ]; do sleep 2; done
@@ -66,10 +69,10 @@ if [ "${1:-}" = "--run" ]; then
         for _ in $(seq 20); do kill -0 $pid 2>/dev/null || break; sleep 1; done
     fi
     echo "wall $(( $(date +%s) - start )) s" | tee -a "$OUT/stacks.log"
-    find outputs/fair_cnn_mlp \( -name metrics.csv -o -name config.yaml -o -name 'part*.log' \) -print0 \
-        | tar --null -czf "$OUT/fair_cnn_mlp.tar.gz" -T -
+    find "outputs/$GRID" \( -name metrics.csv -o -name config.yaml -o -name 'part*.log' \) -print0 \
+        | tar --null -czf "$OUT/$GRID.tar.gz" -T -
     tail -5 "$OUT/stacks.log"
-    for f in outputs/fair_cnn_mlp/*/part1/metrics.csv; do
+    for f in outputs/"$GRID"/*/part1/metrics.csv; do
         printf '%s %s\n' "$(grep -c '^' "$f")" "$f"
     done
 fi

@@ -157,12 +157,13 @@ def _tables(text: str):
 def test_the_results_readmes_tables_are_their_commands_output(capsys, monkeypatch):
     """Every table of results/README.md and results/*/README.md whose header a reader command prints is
     that command's table, row for row (so no number in them is typed by hand)."""
-    from experiments import conv_comparison, headline, peers, report
+    from experiments import conv_comparison, headline, levers, peers, report
 
     monkeypatch.chdir(REPO)
     printed = []
     for command in (lambda: report.main(["--out", "results"]), lambda: headline.main(["mlp_gap", "--epoch", "20"]),
-                    lambda: peers.main(["table", "peers"]), lambda: conv_comparison.main(["--epoch", "10"])):
+                    lambda: peers.main(["table", "peers"]), lambda: conv_comparison.main(["--epoch", "10"]),
+                    lambda: levers.main(["cnn_levers"])):
         assert command() == 0
         printed += _tables(capsys.readouterr().out)
     by_header = {}
@@ -174,4 +175,4 @@ def test_the_results_readmes_tables_are_their_commands_output(capsys, monkeypatc
             if table[0] in by_header:
                 assert table in by_header[table[0]], f"{readme.relative_to(REPO)}: a table differs from its command's"
                 checked += 1
-    assert checked >= 7  # Fig. 2B (MLP, CNN), Fig. 2A (twice), mlp_gap (twice), peers (twice), the CNN's two
+    assert checked >= 8  # Fig. 2B (MLP, CNN), Fig. 2A (twice), mlp_gap (twice), peers (twice), the CNN's two, cnn_levers

@@ -1,0 +1,129 @@
+"""``python -m experiments.levers EXPERIMENT``: each run of an experiment at the epoch its validation chooses.
+
+Reads ``results/EXPERIMENT/RUN_sSEED/`` (:mod:`experiments.curves`; written by ``python -m
+experiments.stacks sync EXPERIMENT``). For every run and seed:
+
+* the *chosen epoch*: the one with the highest ``val/acc`` (the 5,000 held-out training images),
+  and the ``test/acc`` of that epoch; the test set is only read there;
+* the epochs reached;
+* per layer, the smallest BP correlation logged over the whole run (``bp_corr/layer_k``, every
+  logged step; NaN when any logged value is NaN).
+
+A run that validated on the test set (``val_size: 0``) stops the table: its choice would be made on
+test. One row per run: the seeds, the epochs reached (fewest over the seeds), the chosen epochs,
+mean validation accuracy, test accuracy (mean, range), and the smallest BP correlation of any layer
+over training and seeds, with its layer. Labels come from the grid (``experiments/grids/EXPERIMENT.yaml``).
+``--write`` also writes ``table.csv`` (one row per run and seed) into the experiment's folder::
+
+    python -m experiments.stacks run cnn_levers
+    python -m experiments.stacks sync cnn_levers
+    python -m experiments.levers cnn_levers --write
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from .curves import RESULTS_DIR, RunResult, grid_spec, runs, val_is_test
+
+__all__ = ["smallest_correlations", "seed_row", "table_rows", "format_table", "main"]
+
+CORR = "bp_corr/layer_"
+
+
+def smallest_correlations(metrics: Path) -> Dict[int, float]:
+    """Per layer (1-based, as logged), the smallest ``bp_corr/layer_k`` over every logged step; NaN
+    when any of that layer's values is NaN."""
+    out: Dict[int, float] = {}
+    with open(metrics, newline="") as f:
+        for row in csv.DictReader(f):
+            for key, value in row.items():
+                if key and key.startswith(CORR) and value not in ("", None):
+                    layer, v = int(key[len(CORR):]), float(value)
+                    old = out.get(layer)
+                    out[layer] = v if old is None or math.isnan(v) or (not math.isnan(old) and v < old) else old
+    return out
+
+
+def seed_row(run: RunResult) -> Dict[str, object]:
+    """One run and seed: epochs reached, the epoch validation chooses, its accuracies, smallest correlations."""
+    if val_is_test(run.config()):
+        raise ValueError(f"{run.folder}: validated on the test set (val_size 0); nothing can be chosen on it")
+    epochs = [e for e in run.epochs() if "val_acc" in e]
+    if not epochs:
+        raise ValueError(f"{run.folder}: no finished epoch with a validation accuracy")
+    best = max(epochs, key=lambda e: e["val_acc"])  # the first of equal ones
+    corr = smallest_correlations(run.metrics)
+    return {"run": run.name, "seed": run.seed, "epochs": epochs[-1]["epoch"], "chosen_epoch": best["epoch"],
+            "val_acc": best["val_acc"], "test_acc": best.get("test_acc", math.nan),
+            **{f"min_bp_corr_layer_{k}": corr[k] for k in sorted(corr)}, "source": str(run.folder)}
+
+
+def table_rows(seed_rows: Sequence[Dict[str, object]]) -> List[Dict[str, object]]:
+    """One row per run: its seeds, fewest epochs, chosen epochs, mean val, test mean and range, and the
+    smallest correlation of any layer (NaN if any is NaN) with its layer."""
+    out = []
+    for name in dict.fromkeys(r["run"] for r in seed_rows):
+        rows = [r for r in seed_rows if r["run"] == name]
+        tests = [float(r["test_acc"]) for r in rows]
+        corr = [(float(v), int(k[len("min_bp_corr_layer_"):])) for r in rows for k, v in r.items()
+                if k.startswith("min_bp_corr_layer_")]
+        nan = [c for c in corr if math.isnan(c[0])]
+        low = nan[0] if nan else min(corr, default=(math.nan, None))
+        out.append({"run": name, "seeds": [r["seed"] for r in rows], "epochs": min(r["epochs"] for r in rows),
+                    "chosen": [r["chosen_epoch"] for r in rows],
+                    "val_acc": sum(float(r["val_acc"]) for r in rows) / len(rows),
+                    "test_acc": sum(tests) / len(tests), "test_min": min(tests), "test_max": max(tests),
+                    "min_bp_corr": low[0], "min_bp_corr_layer": low[1]})
+    return out
+
+
+def _pct(value: float) -> str:
+    return "nan" if math.isnan(value) else f"{100 * value:.2f}"
+
+
+def format_table(rows: Sequence[Dict[str, object]], labels: Optional[Dict[str, str]] = None) -> str:
+    labels = labels or {}
+    lines = ["| run | seeds | epochs | chosen epoch | val acc % (mean) | test acc % (mean, range) | smallest BP correlation (layer) |",
+             "|---|---|---:|---|---:|---|---|"]
+    for r in rows:
+        corr = "nan" if math.isnan(r["min_bp_corr"]) else f"{r['min_bp_corr']:.6f} ({r['min_bp_corr_layer']})"
+        test = _pct(r["test_acc"]) + (f" ({_pct(r['test_min'])}-{_pct(r['test_max'])})" if len(r["seeds"]) > 1 else "")
+        lines.append(f"| {labels.get(r['run'], r['run'])} | {', '.join(map(str, r['seeds']))} | {r['epochs']} | "
+                     f"{', '.join(map(str, r['chosen']))} | {_pct(r['val_acc'])} | {test} | {corr} |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments.levers", description=__doc__.split("\n")[0])
+    parser.add_argument("experiment", help="a folder of --results (e.g. cnn_levers)")
+    parser.add_argument("--results", default=str(RESULTS_DIR), help="the folder holding EXPERIMENT/")
+    parser.add_argument("--write", action="store_true", help="write table.csv into the experiment's folder")
+    args = parser.parse_args(argv)
+    folder = Path(args.results) / args.experiment
+    found = runs(folder)
+    if not found:
+        print(f"error: no runs in {folder} (RUN_sSEED/metrics.csv): run and sync the experiment first", file=sys.stderr)
+        return 2
+    try:
+        per_seed = [seed_row(run) for run in found]
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(format_table(table_rows(per_seed), grid_spec(args.experiment).get("labels")))
+    if args.write:
+        keys = list(dict.fromkeys(k for r in per_seed for k in r))
+        with open(folder / "table.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(per_seed)
+        print(f"wrote {folder / 'table.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

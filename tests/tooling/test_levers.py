@@ -1,0 +1,58 @@
+"""experiments.levers: each run at the epoch its validation accuracy chooses, with its smallest BP correlation."""
+import csv
+import math
+
+import pytest
+import yaml
+
+from experiments import levers
+
+FIELDS = ["epoch", "step", "val/acc", "test/acc", "bp_corr/layer_1", "bp_corr/layer_2"]
+
+
+def _run(root, name, seed, epochs, corr_rows=(), val_size=5000):
+    """A run folder: per epoch (val, test); corr_rows: (step, layer 1, layer 2) logged by step."""
+    folder = root / "exp" / f"{name}_s{seed}"
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump({"data": {"init_args": {"val_size": val_size}}}))
+    with open(folder / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        for step, c1, c2 in corr_rows:
+            writer.writerow({"step": step, "bp_corr/layer_1": c1, "bp_corr/layer_2": c2})
+        for i, (val, test) in enumerate(epochs):
+            writer.writerow({"epoch": i, "step": 10 * (i + 1) - 1, "val/acc": val, "test/acc": test})
+    return folder
+
+
+def test_the_epoch_is_chosen_on_validation_and_test_is_read_there(tmp_path, capsys):
+    _run(tmp_path, "gait", 0, [(0.40, 0.41), (0.55, 0.50), (0.52, 0.60)], [(0, 0.99999, 0.99998), (9, 0.99997, 0.99999)])
+    _run(tmp_path, "gait", 1, [(0.45, 0.44), (0.50, 0.52)], [(0, 0.99996, 0.99999)])
+    assert levers.main(["exp", "--results", str(tmp_path), "--write"]) == 0
+    with open(tmp_path / "exp" / "table.csv") as f:
+        seeds = list(csv.DictReader(f))
+    assert [(r["seed"], r["chosen_epoch"], r["test_acc"]) for r in seeds] == [("0", "2", "0.5"), ("1", "2", "0.52")]
+    assert float(seeds[0]["min_bp_corr_layer_1"]) == 0.99997 and float(seeds[0]["min_bp_corr_layer_2"]) == 0.99998
+    (row,) = levers.table_rows([levers.seed_row(r) for r in levers.runs(tmp_path / "exp")])
+    assert row["epochs"] == 2 and row["chosen"] == [2, 2]
+    assert row["test_acc"] == pytest.approx(0.51) and (row["test_min"], row["test_max"]) == (0.50, 0.52)
+    assert (row["min_bp_corr"], row["min_bp_corr_layer"]) == (0.99996, 1)
+    assert "| gait | 0, 1 | 2 | 2, 2 | 52.50 | 51.00 (50.00-52.00) | 0.999960 (1) |" in capsys.readouterr().out
+
+
+def test_a_nan_correlation_stays_nan(tmp_path):
+    _run(tmp_path, "gait", 0, [(0.40, 0.41)], [(0, 0.5, "nan"), (5, 0.9, 0.99)])
+    (row,) = levers.table_rows([levers.seed_row(r) for r in levers.runs(tmp_path / "exp")])
+    assert math.isnan(row["min_bp_corr"]) and row["min_bp_corr_layer"] == 2
+
+
+def test_a_run_validated_on_test_is_refused(tmp_path, capsys):
+    _run(tmp_path, "bp", 0, [(0.40, 0.41)], val_size=0)
+    assert levers.main(["exp", "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "validated on the test set" in err and "\n" not in err
+
+
+def test_no_runs_is_one_line(tmp_path, capsys):
+    assert levers.main(["missing", "--results", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("error: no runs in")

@@ -41,7 +41,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from lightning_gait.malloc import keep_freed_memory
+from lightning_gait.malloc import describe, keep_freed_memory
 
 from .memory import memory_phase
 from .step_time import time_lightning, time_point
@@ -158,7 +158,7 @@ def _meta(cfg: BenchConfig, argv: Optional[Sequence[str]]) -> dict:
                         "glibc mmap threshold 64 KiB; CUDA: max_memory_allocated - memory_allocated before",
     }
     # as fit does (lightning_gait.malloc), before the first step
-    meta["malloc"] = "freed memory kept (as fit)" if keep_freed_memory() else "the C library's defaults"
+    meta["malloc"] = describe(keep_freed_memory())
     try:
         meta["loadavg_start"] = os.getloadavg()
     except OSError:

@@ -48,7 +48,7 @@ import pytorch_lightning as pl
 import torch
 
 from lightning_gait.callbacks import DiagnosticCallback
-from lightning_gait.malloc import keep_freed_memory
+from lightning_gait.malloc import describe, keep_freed_memory
 
 from .split import profile_split
 from .step_time import quantiles
@@ -303,7 +303,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("--variants must include conv_bp, the baseline of every ratio")
     if args.threads:
         torch.set_num_threads(args.threads)
-    malloc = "freed memory kept (as fit)" if keep_freed_memory() else "the C library's defaults"
+    malloc = describe(keep_freed_memory())
     device = torch.device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     meta = {"processor": where, "threads": torch.get_num_threads(), "torch": torch.__version__, "batch": args.batch,

@@ -12,7 +12,8 @@ experiments.stacks sync EXPERIMENT``). For every run and seed:
 A run that validated on the test set (``val_size: 0``) stops the table: its choice would be made on
 test. One row per run: the seeds, the epochs reached (fewest over the seeds), the chosen epochs,
 mean validation accuracy, test accuracy (mean, range), and the smallest BP correlation of any layer
-over training and seeds, with its layer. Labels come from the grid (``experiments/grids/EXPERIMENT.yaml``).
+over training and seeds, with its layer ("-" when none was logged). A NaN validation accuracy in a
+run leaves nothing to choose: its row is NaN; a NaN stays NaN in every mean and range. Labels come from the grid (``experiments/grids/EXPERIMENT.yaml``).
 ``--write`` also writes ``table.csv`` (one row per run and seed) into the experiment's folder::
 
     python -m experiments.stacks run cnn_levers
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from .curves import RESULTS_DIR, RunResult, grid_spec, runs, val_is_test
+from .headline import write_summary
 
 __all__ = ["smallest_correlations", "seed_row", "table_rows", "format_table", "main"]
 
@@ -51,12 +53,17 @@ def smallest_correlations(metrics: Path) -> Dict[int, float]:
 
 def seed_row(run: RunResult) -> Dict[str, object]:
     """One run and seed: epochs reached, the epoch validation chooses, its accuracies, smallest correlations."""
+    if not run.config_path.is_file():
+        raise ValueError(f"{run.folder}: no config.yaml beside its metrics.csv")
     if val_is_test(run.config()):
         raise ValueError(f"{run.folder}: validated on the test set (val_size 0); nothing can be chosen on it")
     epochs = [e for e in run.epochs() if "val_acc" in e]
     if not epochs:
         raise ValueError(f"{run.folder}: no finished epoch with a validation accuracy")
-    best = max(epochs, key=lambda e: e["val_acc"])  # the first of equal ones
+    if any(math.isnan(e["val_acc"]) for e in epochs):  # nothing can be chosen: the row says so
+        best = {"epoch": math.nan, "val_acc": math.nan, "test_acc": math.nan}
+    else:
+        best = max(epochs, key=lambda e: e["val_acc"])  # the first of equal ones
     corr = smallest_correlations(run.metrics)
     return {"run": run.name, "seed": run.seed, "epochs": epochs[-1]["epoch"], "chosen_epoch": best["epoch"],
             "val_acc": best["val_acc"], "test_acc": best.get("test_acc", math.nan),
@@ -70,14 +77,16 @@ def table_rows(seed_rows: Sequence[Dict[str, object]]) -> List[Dict[str, object]
     for name in dict.fromkeys(r["run"] for r in seed_rows):
         rows = [r for r in seed_rows if r["run"] == name]
         tests = [float(r["test_acc"]) for r in rows]
+        nan_test = any(math.isnan(t) for t in tests)
         corr = [(float(v), int(k[len("min_bp_corr_layer_"):])) for r in rows for k, v in r.items()
                 if k.startswith("min_bp_corr_layer_")]
         nan = [c for c in corr if math.isnan(c[0])]
-        low = nan[0] if nan else min(corr, default=(math.nan, None))
+        low = nan[0] if nan else min(corr, default=(None, None))  # None: nothing logged
         out.append({"run": name, "seeds": [r["seed"] for r in rows], "epochs": min(r["epochs"] for r in rows),
                     "chosen": [r["chosen_epoch"] for r in rows],
                     "val_acc": sum(float(r["val_acc"]) for r in rows) / len(rows),
-                    "test_acc": sum(tests) / len(tests), "test_min": min(tests), "test_max": max(tests),
+                    "test_acc": sum(tests) / len(tests),
+                    "test_min": math.nan if nan_test else min(tests), "test_max": math.nan if nan_test else max(tests),
                     "min_bp_corr": low[0], "min_bp_corr_layer": low[1]})
     return out
 
@@ -91,10 +100,12 @@ def format_table(rows: Sequence[Dict[str, object]], labels: Optional[Dict[str, s
     lines = ["| run | seeds | epochs | chosen epoch | val acc % (mean) | test acc % (mean, range) | smallest BP correlation (layer) |",
              "|---|---|---:|---|---:|---|---|"]
     for r in rows:
-        corr = "nan" if math.isnan(r["min_bp_corr"]) else f"{r['min_bp_corr']:.6f} ({r['min_bp_corr_layer']})"
+        low = r["min_bp_corr"]
+        corr = "-" if low is None else f"nan ({r['min_bp_corr_layer']})" if math.isnan(low) else \
+            f"{low:.6f} ({r['min_bp_corr_layer']})"
         test = _pct(r["test_acc"]) + (f" ({_pct(r['test_min'])}-{_pct(r['test_max'])})" if len(r["seeds"]) > 1 else "")
         lines.append(f"| {labels.get(r['run'], r['run'])} | {', '.join(map(str, r['seeds']))} | {r['epochs']} | "
-                     f"{', '.join(map(str, r['chosen']))} | {_pct(r['val_acc'])} | {test} | {corr} |")
+                     f"{', '.join('-' if isinstance(c, float) else str(c) for c in r['chosen'])} | {_pct(r['val_acc'])} | {test} | {corr} |")
     return "\n".join(lines)
 
 
@@ -117,11 +128,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(format_table(table_rows(per_seed), grid_spec(args.experiment).get("labels")))
     if args.write:
         keys = list(dict.fromkeys(k for r in per_seed for k in r))
-        with open(folder / "table.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(per_seed)
-        print(f"wrote {folder / 'table.csv'}")
+        print(f"wrote {write_summary([{k: r.get(k, '') for k in keys} for r in per_seed], folder / 'table.csv')}")
     return 0
 
 

@@ -191,9 +191,13 @@ class LeakyReLU(InvertibleActivation):
         largest = torch.maximum(e.amax(dim=dims), e.amin(dim=dims).neg())  # max |e| per sample, no copy of e
         g = gamma.reshape(-1) if gamma.numel() > 1 else gamma.reshape(1).expand(len(z))
         bound = largest * g * 1.001  # per sample, >= |eps e|, with room for rounding
-        # a row is near when its smallest |a| is within its sample's bound (NaN is never near)
+        # a row is near when its smallest |a| is within its sample's bound; a row holding a NaN
+        # (whose minimum is NaN) takes the full formula too, which carries the NaN through and
+        # stays exact for the row's other units
         closest = a_rows.abs().amin(dim=1).view(len(z), per_sample)
-        rows = (closest <= bound.unsqueeze(1)).view(-1).nonzero().squeeze(1)
+        near = closest <= bound.unsqueeze(1)
+        near |= closest.isnan()
+        rows = near.view(-1).nonzero().squeeze(1)
         if rows.numel():
             zr = z_rows[rows]
             h = g[rows // per_sample].unsqueeze(1) * self.derivative(zr) ** 2 * e_rows[rows]

@@ -5,19 +5,23 @@ fresh ``mmap`` and returns it to the system on ``free``. A training step allocat
 frees the same large activations at every step (a 256-image batch of the invertible CNN's
 first stage is 32 MiB per tensor), so each new tensor is zeroed page by page by the kernel
 before it is written: on a CPU an elementwise operation that returns a new tensor then
-costs several times one that writes in place. :func:`keep_freed_memory` serves every
-allocation from the heap and keeps freed memory there, so a step reuses the pages of the
-step before. The resident set then stays at its peak for the life of the process.
+costs several times one that writes in place. :func:`keep_freed_memory` tells glibc not to
+map allocations of its own (main) heap and to keep freed memory there, so a step reuses the
+pages of the step before. The resident set then stays at its peak for the life of the
+process. (glibc's per-thread heaps still map memory; tensors are allocated by the thread
+that runs the step.)
 
 ``fit`` calls it at start (``LIGHTNING_GAIT_MALLOC=system`` leaves glibc's defaults);
-elsewhere (another C library, another system) it does nothing and returns ``False``.
+elsewhere (another C library, another system) it does nothing and returns ``False``. An
+allocator loaded with ``LD_PRELOAD`` (jemalloc, tcmalloc) is not glibc's: the settings then
+change nothing, though the call succeeds.
 """
 from __future__ import annotations
 
 import ctypes
 import os
 
-__all__ = ["mallopt", "keep_freed_memory", "M_TRIM_THRESHOLD", "M_MMAP_THRESHOLD", "M_MMAP_MAX", "ENV_VAR"]
+__all__ = ["mallopt", "keep_freed_memory", "describe", "M_TRIM_THRESHOLD", "M_MMAP_THRESHOLD", "M_MMAP_MAX", "ENV_VAR"]
 
 #: mallopt parameters (glibc's malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
@@ -34,9 +38,16 @@ def mallopt(option: int, value: int) -> bool:
 
 
 def keep_freed_memory() -> bool:
-    """Every allocation from the heap (no ``mmap``), freed memory kept there for reuse
-    (trimmed only above 2 GiB free at the top); ``False`` if this C library has no such
-    settings or ``LIGHTNING_GAIT_MALLOC=system``."""
-    if os.environ.get(ENV_VAR, "") == "system":
+    """No ``mmap`` for the main heap's allocations, and its freed memory kept for reuse
+    (trimmed only above 2 GiB free at the top). ``True`` once the first is set (the one the
+    speed comes from); ``False`` if this C library has no such setting or
+    ``LIGHTNING_GAIT_MALLOC=system``."""
+    if os.environ.get(ENV_VAR, "") == "system" or not mallopt(M_MMAP_MAX, 0):
         return False
-    return mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
+    mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
+    return True
+
+
+def describe(kept: bool) -> str:
+    """What :func:`keep_freed_memory` returned, in words, for a benchmark's record."""
+    return "freed memory kept (as fit)" if kept else "the C library's defaults"

@@ -15,7 +15,7 @@
 #      SIGTERM) and packs each run's metrics.csv, config.yaml and log into $OUT/$GRID.tar.gz.
 #   3. here: tar -xzf .../$GRID.tar.gz (it holds outputs/$GRID/...), then
 #        python -m experiments.stacks sync $GRID   (fair_cnn_mlp: && python -m experiments.fair_table fair_cnn_mlp --write)
-#      The table is read at the last epoch that every run reached.
+#      fair_table reads the table at the last epoch that every run reached (levers: the epoch validation chooses).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 GRID="${GRID:-fair_cnn_mlp}"

@@ -170,8 +170,8 @@ class LayerInverse:
 
 class _ExplicitInverse:
     """Solves with an explicit inverse ``M`` (:attr:`matrix_inverse`) of a square layer's
-    matrix: ``X = r M`` over rows, or the layer's own product (a transposed convolution for
-    patches) where its :class:`MatrixView` has one."""
+    matrix: ``X = r M`` over rows, or the layer's own product (a 1x1 convolution for pixels,
+    a transposed one for patches) where its :class:`MatrixView` has one."""
 
     view: Optional[MatrixView]
     matrix_inverse: Tensor

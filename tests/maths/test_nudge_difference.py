@@ -65,6 +65,25 @@ def test_nonfinite_differences_stay_nonfinite():
     assert torch.isfinite(out[0]).all() and torch.isfinite(out[3]).all()
 
 
+@pytest.mark.parametrize("shape", [(4, 10), (4, 10, 2, 2)])
+def test_a_nan_activation_stays_nan_and_its_rows_other_units_stay_exact(shape):
+    act = LeakyReLU(0.1)
+    z, e, gamma = data(shape, torch.float64, 1e-3)
+    if len(shape) == 4:
+        z, e = (t.contiguous(memory_format=torch.channels_last) for t in (z, e))
+    idx = (1, 3) + (0,) * (len(shape) - 2)
+    other = (1, 5) + (0,) * (len(shape) - 2)  # same row (sample, or pixel) as idx
+    z[idx] = float("nan")
+    z[other] = 1e-6  # just above the kink; a nudge of gamma f'(z)^2 e crosses it
+    e[other] = -1.0
+    gamma[1] = 1e-3
+    want = composed(act, z, e, gamma)
+    got = act.nudge_difference(z, e, gamma, act(z))
+    assert torch.isnan(got[idx])
+    assert (act(z[other]) + gamma[1].reshape(()) * e[other] < 0)  # it crosses
+    torch.testing.assert_close(got[other], want[other], rtol=1e-14, atol=0)
+
+
 def test_times_derivative_is_the_slope_times_the_gradient():
     for name in sorted(ACTIVATIONS):
         act = build_activation(name) if name == "identity" else build_activation(name, alpha=0.1)

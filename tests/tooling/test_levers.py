@@ -56,3 +56,20 @@ def test_a_run_validated_on_test_is_refused(tmp_path, capsys):
 def test_no_runs_is_one_line(tmp_path, capsys):
     assert levers.main(["missing", "--results", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("error: no runs in")
+
+
+def test_nan_accuracies_are_never_numbers(tmp_path):
+    _run(tmp_path, "gait", 0, [(0.40, 0.41), (0.55, 0.50)])
+    _run(tmp_path, "gait", 1, [(0.45, 0.44), ("nan", "nan")])
+    rows = [levers.seed_row(r) for r in levers.runs(tmp_path / "exp")]
+    assert math.isnan(rows[1]["val_acc"]) and math.isnan(rows[1]["test_acc"])
+    (row,) = levers.table_rows(rows)
+    assert all(math.isnan(row[k]) for k in ("val_acc", "test_acc", "test_min", "test_max"))
+    assert row["min_bp_corr"] is None  # nothing logged
+    assert "| gait | 0, 1 | 2 | 2, - | nan | nan (nan-nan) | - |" in levers.format_table([row])
+
+
+def test_a_run_without_its_config_is_one_line(tmp_path, capsys):
+    (_run(tmp_path, "gait", 0, [(0.40, 0.41)]) / "config.yaml").unlink()
+    assert levers.main(["exp", "--results", str(tmp_path)]) == 2
+    assert "no config.yaml" in capsys.readouterr().err

@@ -14,7 +14,8 @@ test. One row per run: the seeds, the epochs reached (fewest over the seeds), th
 mean validation accuracy, test accuracy (mean, range), and the smallest BP correlation of any layer
 over training and seeds, with its layer ("-" when none was logged). A NaN validation accuracy in a
 run leaves nothing to choose: its row is NaN; a NaN stays NaN in every mean and range. Labels come from the grid (``experiments/grids/EXPERIMENT.yaml``).
-``--write`` also writes ``table.csv`` (one row per run and seed) into the experiment's folder::
+``--write`` also writes ``table.csv`` (one row per run and seed) and ``curves.png`` (accuracy against
+epoch; ``1 - bp_corr`` per layer along training) into the experiment's folder::
 
     python -m experiments.stacks run cnn_levers
     python -m experiments.stacks sync cnn_levers
@@ -32,7 +33,7 @@ from typing import Dict, List, Optional, Sequence
 from .curves import RESULTS_DIR, RunResult, grid_spec, runs, val_is_test
 from .headline import write_summary
 
-__all__ = ["smallest_correlations", "seed_row", "table_rows", "format_table", "main"]
+__all__ = ["smallest_correlations", "correlation_curves", "seed_row", "table_rows", "format_table", "plot", "main"]
 
 CORR = "bp_corr/layer_"
 
@@ -109,6 +110,57 @@ def format_table(rows: Sequence[Dict[str, object]], labels: Optional[Dict[str, s
     return "\n".join(lines)
 
 
+def correlation_curves(metrics: Path) -> Dict[int, List[tuple]]:
+    """Per layer (1-based), ``(step, bp_corr)`` for every logged step."""
+    out: Dict[int, List[tuple]] = {}
+    with open(metrics, newline="") as f:
+        for row in csv.DictReader(f):
+            for key, value in row.items():
+                if key and key.startswith(CORR) and value not in ("", None) and row.get("step"):
+                    out.setdefault(int(key[len(CORR):]), []).append((int(float(row["step"])), float(value)))
+    return out
+
+
+def plot(found: Sequence[RunResult], path: Path, labels: Optional[Dict[str, str]] = None) -> Path:
+    """``curves.png``: test (solid) and validation (dashed) accuracy per run and seed against the epoch,
+    and, per layer of each seed-0 run that is not backprop, ``1 - bp_corr`` along training (log scale;
+    NaN and values at or above 1 are not drawn)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .headline import is_backprop
+
+    labels = labels or {}
+    fig, (acc, corr) = plt.subplots(1, 2, figsize=(11, 4.2))
+    colours = dict(zip(dict.fromkeys(r.name for r in found), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for run in found:
+        epochs = run.epochs()
+        colour, label = colours[run.name], f"{labels.get(run.name, run.name)}, seed {run.seed}"
+        acc.plot([e["epoch"] for e in epochs if "test_acc" in e], [100 * e["test_acc"] for e in epochs if "test_acc" in e],
+                 color=colour, alpha=1.0 if run.seed == 0 else 0.6, label=label + " (test)")
+        acc.plot([e["epoch"] for e in epochs if "val_acc" in e], [100 * e["val_acc"] for e in epochs if "val_acc" in e],
+                 "--", color=colour, alpha=0.6)
+        if run.seed == 0 and not is_backprop(run.name):
+            for layer, points in sorted(correlation_curves(run.metrics).items()):
+                kept = [(step, 1.0 - r) for step, r in points if not math.isnan(r) and r < 1.0]
+                corr.plot([p[0] for p in kept], [p[1] for p in kept], label=f"layer {layer}")
+    acc.set(xlabel="epoch", ylabel="accuracy (%)", title="test (solid) and validation (dashed)")
+    acc.grid(alpha=0.3)
+    acc.legend(fontsize=7, loc="lower right")
+    corr.set(xlabel="training step", ylabel="1 - correlation with BP", yscale="log",
+             title="GAIT-N's updates against backprop's (seed 0)")
+    corr.grid(alpha=0.3)
+    if corr.lines:
+        corr.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.levers", description=__doc__.split("\n")[0])
     parser.add_argument("experiment", help="a folder of --results (e.g. cnn_levers)")
@@ -129,6 +181,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.write:
         keys = list(dict.fromkeys(k for r in per_seed for k in r))
         print(f"wrote {write_summary([{k: r.get(k, '') for k in keys} for r in per_seed], folder / 'table.csv')}")
+        print(f"wrote {plot(found, folder / 'curves.png', grid_spec(args.experiment).get('labels'))}")
     return 0
 
 

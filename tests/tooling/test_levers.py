@@ -29,6 +29,7 @@ def test_the_epoch_is_chosen_on_validation_and_test_is_read_there(tmp_path, caps
     _run(tmp_path, "gait", 0, [(0.40, 0.41), (0.55, 0.50), (0.52, 0.60)], [(0, 0.99999, 0.99998), (9, 0.99997, 0.99999)])
     _run(tmp_path, "gait", 1, [(0.45, 0.44), (0.50, 0.52)], [(0, 0.99996, 0.99999)])
     assert levers.main(["exp", "--results", str(tmp_path), "--write"]) == 0
+    assert (tmp_path / "exp" / "curves.png").stat().st_size > 10_000
     with open(tmp_path / "exp" / "table.csv") as f:
         seeds = list(csv.DictReader(f))
     assert [(r["seed"], r["chosen_epoch"], r["test_acc"]) for r in seeds] == [("0", "2", "0.5"), ("1", "2", "0.52")]
@@ -38,6 +39,13 @@ def test_the_epoch_is_chosen_on_validation_and_test_is_read_there(tmp_path, caps
     assert row["test_acc"] == pytest.approx(0.51) and (row["test_min"], row["test_max"]) == (0.50, 0.52)
     assert (row["min_bp_corr"], row["min_bp_corr_layer"]) == (0.99996, 1)
     assert "| gait | 0, 1 | 2 | 2, 2 | 52.50 | 51.00 (50.00-52.00) | 0.999960 (1) |" in capsys.readouterr().out
+
+
+def test_correlation_curves_keep_every_logged_step(tmp_path):
+    folder = _run(tmp_path, "gait", 0, [(0.40, 0.41)], [(0, 0.5, "nan"), (5, 0.9, 0.99)])
+    curves = levers.correlation_curves(folder / "metrics.csv")
+    assert curves[1] == [(0, 0.5), (5, 0.9)]
+    assert curves[2][0][0] == 0 and math.isnan(curves[2][0][1]) and curves[2][1] == (5, 0.99)
 
 
 def test_a_nan_correlation_stays_nan(tmp_path):

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from .curves import RESULTS_DIR, RunResult, grid_spec, runs
-from .headline import write_summary
+from .headline import save_figure, write_summary
 
 FOLDER = RESULTS_DIR / "cnn"
 #: pair -> (BP run, GAIT-N run, BP run with GAIT-N's penalty or None): runs of experiments/grids/cnn.yaml
@@ -235,11 +235,7 @@ def plot(epoch: int, path: Path, *, folder: Path = FOLDER, pair: str = "pixels",
     for a in (ax_acc, ax_corr, ax_worst):
         a.grid(alpha=0.3)
     fig.suptitle(f"CIFAR-10: the invertible CNN, inputs {pair}, float32, lr 1e-3, seed {seed}", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -25,6 +25,8 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from .headline import save_figure
+
 RESULTS = Path("results/paper200")
 #: earlier float64 curves (paper form, validated on the test set) drawn beside the float32 ones
 OVERLAYS: Dict[str, str] = {
@@ -95,11 +97,7 @@ def plot(rows: Sequence[Dict[str, object]], path: Path, overlays: Dict[str, str]
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title("The paper's MLP on CIFAR-10, seed 0", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

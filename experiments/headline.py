@@ -105,6 +105,17 @@ def write_summary(rows: Sequence[Dict[str, object]], path: Path) -> Path:
     return path
 
 
+def save_figure(fig, path: Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` (120 dpi, folders made) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def format_table(rows: Sequence[Dict[str, object]]) -> str:
     """A markdown table of :func:`aggregate`'s rows (accuracies in %; range over seeds in brackets)."""
 
@@ -166,11 +177,7 @@ def plot_curves(folder: Path, path: Path, *, names: Optional[Sequence[str]] = No
     for a in (ax_acc, ax_corr):
         a.grid(alpha=0.3)
     fig.suptitle(title or "CIFAR-10, one line per seed (dashed: seeds after the first)", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from .curves import RESULTS_DIR, RunResult, grid_spec, runs, val_is_test
-from .headline import write_summary
+from .headline import save_figure, write_summary
 
 __all__ = ["smallest_correlations", "correlation_curves", "seed_row", "table_rows", "format_table", "plot", "main"]
 
@@ -154,11 +154,7 @@ def plot(found: Sequence[RunResult], path: Path, labels: Optional[Dict[str, str]
     corr.grid(alpha=0.3)
     if corr.lines:
         corr.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -38,17 +38,24 @@ __all__ = ["smallest_correlations", "correlation_curves", "seed_row", "table_row
 CORR = "bp_corr/layer_"
 
 
+def correlation_curves(metrics: Path) -> Dict[int, List[tuple]]:
+    """Per layer (1-based), ``(step, bp_corr)`` for every logged step."""
+    out: Dict[int, List[tuple]] = {}
+    with open(metrics, newline="") as f:
+        for row in csv.DictReader(f):
+            for key, value in row.items():
+                if key and key.startswith(CORR) and value not in ("", None) and row.get("step"):
+                    out.setdefault(int(key[len(CORR):]), []).append((int(float(row["step"])), float(value)))
+    return out
+
+
 def smallest_correlations(metrics: Path) -> Dict[int, float]:
     """Per layer (1-based, as logged), the smallest ``bp_corr/layer_k`` over every logged step; NaN
     when any of that layer's values is NaN."""
     out: Dict[int, float] = {}
-    with open(metrics, newline="") as f:
-        for row in csv.DictReader(f):
-            for key, value in row.items():
-                if key and key.startswith(CORR) and value not in ("", None):
-                    layer, v = int(key[len(CORR):]), float(value)
-                    old = out.get(layer)
-                    out[layer] = v if old is None or math.isnan(v) or (not math.isnan(old) and v < old) else old
+    for layer, points in correlation_curves(metrics).items():
+        values = [r for _, r in points]
+        out[layer] = math.nan if any(math.isnan(r) for r in values) else min(values)
     return out
 
 
@@ -108,17 +115,6 @@ def format_table(rows: Sequence[Dict[str, object]], labels: Optional[Dict[str, s
         lines.append(f"| {labels.get(r['run'], r['run'])} | {', '.join(map(str, r['seeds']))} | {r['epochs']} | "
                      f"{', '.join('-' if isinstance(c, float) else str(c) for c in r['chosen'])} | {_pct(r['val_acc'])} | {test} | {corr} |")
     return "\n".join(lines)
-
-
-def correlation_curves(metrics: Path) -> Dict[int, List[tuple]]:
-    """Per layer (1-based), ``(step, bp_corr)`` for every logged step."""
-    out: Dict[int, List[tuple]] = {}
-    with open(metrics, newline="") as f:
-        for row in csv.DictReader(f):
-            for key, value in row.items():
-                if key and key.startswith(CORR) and value not in ("", None) and row.get("step"):
-                    out.setdefault(int(key[len(CORR):]), []).append((int(float(row["step"])), float(value)))
-    return out
 
 
 def plot(found: Sequence[RunResult], path: Path, labels: Optional[Dict[str, str]] = None) -> Path:

@@ -157,8 +157,6 @@ def _meta(cfg: BenchConfig, argv: Optional[Sequence[str]]) -> dict:
         "peak_step_mb": "CPU: rise of peak RSS (VmHWM reset via /proc/self/clear_refs) over RSS before one step, "
                         "glibc mmap threshold 64 KiB; CUDA: max_memory_allocated - memory_allocated before",
     }
-    # as fit does (lightning_gait.malloc), before the first step
-    meta["malloc"] = describe(keep_freed_memory())
     try:
         meta["loadavg_start"] = os.getloadavg()
     except OSError:
@@ -170,7 +168,8 @@ def run_benchmark(cfg: BenchConfig, *, log: Callable[[str], None] = print,
                   argv: Optional[Sequence[str]] = None) -> dict:
     """Run every point of ``cfg`` and return the JSON-ready results."""
     cfg.validate()
-    out = {"meta": _meta(cfg, argv), "results": [], "split": [], "lightning": []}
+    malloc = describe(keep_freed_memory())  # as fit does (lightning_gait.malloc), before the first step
+    out = {"meta": {**_meta(cfg, argv), "malloc": malloc}, "results": [], "split": [], "lightning": []}
     for device_name in cfg.devices:
         device = torch.device(device_name)
         for dtype_name in cfg.dtypes:

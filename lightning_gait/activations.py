@@ -90,13 +90,16 @@ class InvertibleActivation(nn.Module):
         """``grad * f'(z)``: a gradient with respect to ``f(z)`` taken back to ``z``."""
         return grad * self.derivative(z)
 
-    def nudge_difference(self, z: Tensor, e: Tensor, gamma: Tensor, a: Optional[Tensor] = None) -> Tensor:
+    def nudge_difference(self, z: Tensor, e: Tensor, gamma: Tensor, a: Optional[Tensor] = None,
+                         slope_e: Optional[Tensor] = None) -> Tensor:
         """GAIT-prop's nudge in the difference form: ``f^-1(a + eps e) - z`` with
         ``eps = gamma f'(z)^2`` and ``a = f(z)``.
 
         ``gamma`` broadcasts against ``z`` (one value per sample, shaped ``(N, 1, ...)``);
-        ``a``, when given, is ``f(z)`` as the forward pass computed it. Subclasses may
-        compute it with fewer passes over memory; the value is the same to round-off.
+        ``a``, when given, is ``f(z)`` as the forward pass computed it; ``slope_e``, when
+        given, is :meth:`times_derivative` ``(z, e)`` as the caller computed it (an
+        activation may reuse it; it is only read). Subclasses may compute the nudge with
+        fewer passes over memory; the value is the same to round-off.
         """
         eps = gamma * self.derivative(z) ** 2
         return self.inverse_difference(z, eps * e)
@@ -125,7 +128,8 @@ class Identity(InvertibleActivation):
     def times_derivative(self, z: Tensor, grad: Tensor) -> Tensor:
         return grad
 
-    def nudge_difference(self, z: Tensor, e: Tensor, gamma: Tensor, a: Optional[Tensor] = None) -> Tensor:
+    def nudge_difference(self, z: Tensor, e: Tensor, gamma: Tensor, a: Optional[Tensor] = None,
+                         slope_e: Optional[Tensor] = None) -> Tensor:
         return gamma * e
 
 
@@ -168,10 +172,12 @@ class LeakyReLU(InvertibleActivation):
     def inverse_difference(self, z: Tensor, h: Tensor) -> Tensor:
         return self._inverse_difference(z, h, self.forward(z), reuse_h=False)
 
-    def nudge_difference(self, z: Tensor, e: Tensor, gamma: Tensor, a: Optional[Tensor] = None) -> Tensor:
+    def nudge_difference(self, z: Tensor, e: Tensor, gamma: Tensor, a: Optional[Tensor] = None,
+                         slope_e: Optional[Tensor] = None) -> Tensor:
         """``f^-1(a + eps e) - z`` with ``eps = gamma f'(z)^2``: ``gamma f'(z) e`` for every
         unit whose nudged value stays on its side of the kink, the exact crossing formula
-        of :meth:`inverse_difference` for the others.
+        of :meth:`inverse_difference` for the others. ``f'(z) e`` is ``slope_e`` when
+        given (bitwise what this method would compute), which saves a pass over memory.
 
         A unit can cross only where ``|a| <= |eps e| <= gamma max|e|`` (per sample). On a
         CPU the few rows (pixels, or samples of a dense layer) holding such a unit are
@@ -181,7 +187,8 @@ class LeakyReLU(InvertibleActivation):
         every unit takes the full formula.
         """
         a = self.forward(z) if a is None else a
-        out = _slope_times(e, z, self.alpha).mul_(gamma)  # gamma f'(z) e = eps e / f'(z)
+        # gamma f'(z) e = eps e / f'(z)
+        out = _slope_times(e, z, self.alpha).mul_(gamma) if slope_e is None else slope_e * gamma
         views = [_row_view(t) for t in (z, a, e, out)]
         if z.device.type != "cpu" or any(v is None for v in views):
             h = _slope_times(e, z, self.alpha * self.alpha).mul_(gamma)  # eps e: the squared slope is 1 or alpha^2

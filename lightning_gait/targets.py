@@ -71,12 +71,16 @@ class TargetTrace:
     per-sample ``m_l`` (shape ``(N,)``), ``gammas[l]`` the per-sample gamma used at layer
     ``l`` to form the target of the layer below (``None`` for layer 0, which is never
     inverted), ``targets[l]`` the absolute targets where the rule formed them.
+    ``slopes[l]``, where the pass formed it, is ``f'(z_l) (t_l - a_l)``: the difference
+    form's nudge needs it, and the rule's signals reuse it in place (so the rule clears
+    the field once it has made them).
     """
 
     differences: List[Tensor]
     multipliers: List[Tensor]
     gammas: List[Optional[Tensor]]
     targets: Optional[List[Tensor]] = None
+    slopes: Optional[List[Optional[Tensor]]] = None
 
     def signals(self) -> List[Tensor]:
         """``d loss_l / d a_l = -2 m_l (t_l - a_l)`` for each layer."""
@@ -153,13 +157,15 @@ def gait_nudge_difference(
     e: Tensor,
     gamma: Tensor,
     a: Optional[Tensor] = None,
+    slope_e: Optional[Tensor] = None,
 ) -> Tensor:
     """Exact form: ``e_{l-1} = [f^-1(a + eps e) - z] W^-1``, without forming ``a + eps e``.
 
-    ``a`` is ``f(z)`` from the forward pass (recomputed when not given); the bracket is
+    ``a`` is ``f(z)`` from the forward pass (recomputed when not given), ``slope_e`` the
+    product ``f'(z) e`` where the caller has it (only read); the bracket is
     :meth:`InvertibleActivation.nudge_difference`.
     """
-    return inverse.solve(activation.nudge_difference(z, e, per_sample(gamma, z), a))
+    return inverse.solve(activation.nudge_difference(z, e, per_sample(gamma, z), a, slope_e))
 
 
 def first_nonfinite(tensors: List[Optional[Tensor]], order: Optional[List[int]] = None) -> Optional[int]:

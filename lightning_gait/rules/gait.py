@@ -133,12 +133,14 @@ class GAITProp(LocalLearningRule):
         difference: Tensor,
         target: Optional[Tensor],
         gamma: Tensor,
+        slope: Optional[Tensor] = None,
     ):
         """One step down: from layer ``index``'s target to layer ``index - 1``'s.
 
         Returns ``(difference, target)`` of layer ``index - 1``; ``target`` is ``None`` in
         the difference form. Entries of layer ``index - 1`` that layer ``index`` does not
-        read (auxiliary units) keep their own value as target.
+        read (auxiliary units) keep their own value as target. ``slope``, passed in the
+        difference form, is ``f'(z) difference`` at layer ``index`` (only read here).
         """
         net = self.net
         activation = net.activation_of(index)
@@ -148,7 +150,7 @@ class GAITProp(LocalLearningRule):
             input_target = gait_nudge_absolute(activation, inverse, trace.post[index], z, target, gamma)
             new_target = net.expand_to_previous(index, input_target, below, difference=False)
             return new_target - below, new_target
-        input_difference = gait_nudge_difference(activation, inverse, z, difference, gamma, trace.post[index])
+        input_difference = gait_nudge_difference(activation, inverse, z, difference, gamma, trace.post[index], slope)
         return net.expand_to_previous(index, input_difference, below, difference=True), None
 
     # ------------------------------------------------------------------ the pass
@@ -162,6 +164,8 @@ class GAITProp(LocalLearningRule):
         targets: List[Optional[Tensor]] = [None] * num_layers
         multipliers: List[Optional[Tensor]] = [None] * num_layers
         gammas: List[Optional[Tensor]] = [None] * num_layers
+        # the difference form's f'(z_l) (t_l - a_l): the nudge reads it, the signals reuse it
+        slopes: List[Optional[Tensor]] = [None] * num_layers
 
         top = num_layers - 1
         out = trace.post[top]
@@ -174,13 +178,20 @@ class GAITProp(LocalLearningRule):
         for i in range(top, 0, -1):
             gamma = self.layer_gamma(i, differences[i])
             gammas[i] = gamma
-            differences[i - 1], targets[i - 1] = self.propagate(
-                i, trace, inverses[i], differences[i], targets[i], gamma
-            )
+            if absolute:
+                differences[i - 1], targets[i - 1] = self.propagate(
+                    i, trace, inverses[i], differences[i], targets[i], gamma
+                )
+            else:
+                slopes[i] = self.net.activation_of(i).times_derivative(trace.pre[i], differences[i])
+                differences[i - 1], targets[i - 1] = self.propagate(
+                    i, trace, inverses[i], differences[i], targets[i], gamma, slope=slopes[i]
+                )
             multipliers[i - 1] = multipliers[i] / gamma
         self.check_finite(differences, what="target difference t - a", inverses=inverses)
         self.check_finite(multipliers, what="target multiplier")
-        return TargetTrace(differences, multipliers, gammas, targets if absolute else None)
+        return TargetTrace(differences, multipliers, gammas, targets if absolute else None,
+                           None if absolute else slopes)
 
     def layer_signals(self, trace: ForwardTrace, g: Tensor, y: Tensor) -> List[Tensor]:
         targets = self.target_trace(trace, g)
@@ -191,9 +202,10 @@ class GAITProp(LocalLearningRule):
         """``d loss_l / d z_l = s_l f'(z_l)`` per layer, ``s_l`` the signals of :meth:`layer_signals`.
 
         Unless a subclass overrides :meth:`layer_signals`, they are made from the target
-        trace in one new tensor per layer, ``f'(z_l) (t_l - a_l)`` scaled in place by
-        ``-2 m_l`` (the signals themselves are not formed; the targets' own checks cover
-        them).
+        trace in one tensor per layer, ``f'(z_l) (t_l - a_l)`` scaled in place by
+        ``-2 m_l``: the product the difference form's pass already formed (the trace's
+        ``slopes``, then cleared from it), else a new one. The signals themselves are not
+        formed; the targets' own checks cover them.
         """
         net = self.net
         if type(self).layer_signals is not GAITProp.layer_signals:
@@ -202,9 +214,11 @@ class GAITProp(LocalLearningRule):
             return [net.activation_of(i).times_derivative(trace.pre[i], s) for i, s in enumerate(signals)]
         targets = self.target_trace(trace, g)
         self.last_diagnostics = targets
+        slopes = targets.slopes or [None] * len(targets.differences)
+        targets.slopes = None  # scaled in place below
         deltas = []
         for i, (e, m) in enumerate(zip(targets.differences, targets.multipliers)):
-            delta = net.activation_of(i).times_derivative(trace.pre[i], e)
+            delta = slopes[i] if slopes[i] is not None else net.activation_of(i).times_derivative(trace.pre[i], e)
             scale = per_sample(-2.0 * m, e)
             deltas.append(delta * scale if delta is e else delta.mul_(scale))
         return deltas

@@ -45,6 +45,10 @@ def test_leaky_relu_nudge_agrees_with_the_composition(dtype, tolerance, shape, s
     crossings = ((a > 0) != (a + gamma * act.derivative(z) ** 2 * e > 0)).sum()
     assert crossings > 0, "the data must hold units whose nudge crosses the kink"
     torch.testing.assert_close(act.nudge_difference(z, e, gamma), got, rtol=0, atol=0)  # a recomputed
+    slope_e = act.times_derivative(z, e)
+    kept = slope_e.clone()
+    torch.testing.assert_close(act.nudge_difference(z, e, gamma, a, slope_e), got, rtol=0, atol=0)  # reused
+    assert torch.equal(slope_e, kept)  # only read
 
 
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))

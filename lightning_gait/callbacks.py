@@ -14,9 +14,10 @@ names are ``{family}/layer_{k}``, layers counted from 1 at the input.
 
 When they measure. Every ``every_n_steps`` training batches (counted like the step
 Lightning logs ``train/loss`` at: the number of batches trained before this one), the
-first batch included. :class:`BPCorrelation` and :class:`Orthogonality` measure in
-``on_train_batch_start``: the weights *before* this batch's optimizer step, i.e. the
-point at which the rule computes the update it is about to apply.
+first batch included. :class:`BPCorrelation` and :class:`Orthogonality` measure at the
+weights *before* this batch's optimizer step, i.e. the point at which the rule computes
+the update it is about to apply (:class:`Orthogonality` and backprop's gradient in
+``on_train_batch_start``; the rule's update is the one the step computes).
 :class:`TargetNorms` reads ``rule.last_diagnostics`` in ``on_train_batch_end``: the
 targets that this batch's step used (also computed at the weights before the step).
 
@@ -30,13 +31,13 @@ and at each validation end one bar chart of ``bp_corr`` per layer
 Data-parallel training. Each callback measures on global rank 0 only
 (``trainer.is_global_zero``) on rank 0's own batch, and logs from there (Lightning's
 loggers write on rank 0 only). Nothing in the rank-0 branch communicates: the rule's
-``local_gradients`` and the backprop gradient use the unwrapped network and
+update and the backprop gradient are taken on the unwrapped network with
 :func:`torch.autograd.grad` (no DDP hook fires, no ``.grad`` is touched), so the other
 ranks cannot wait on a collective that they never enter; they just reach the next
 gradient all-reduce a little earlier. One log per measurement, never one per rank.
 
-Cost. A measurement is extra work on one batch (:class:`BPCorrelation`: the rule's update
-and backprop's gradient) every ``every_n_steps`` batches (defaults 50; 100 for
+Cost. A measurement is extra work on one batch (:class:`BPCorrelation`: backprop's
+gradient, and a gradient of the step's own local objective) every ``every_n_steps`` batches (defaults 50; 100 for
 :class:`Orthogonality`). ``python -m benchmarks.callbacks_overhead`` (from the repository
 root) times training with and without them; ``benchmarks/README.md`` has the figures.
 """
@@ -55,6 +56,8 @@ from pytorch_lightning.loggers import WandbLogger
 from .diagnostics import (
     ALIGNMENT_FAMILIES,
     alignment_at_init,
+    alignment_metrics,
+    backprop_gradients,
     layer_key,
     orthogonality_metrics,
     rule_alignment,
@@ -195,12 +198,21 @@ class BPCorrelation(DiagnosticCallback):
 
     Logs ``bp_corr/layer_{k}`` (Pearson), ``bp_cos/layer_{k}``, ``bp_angle/layer_{k}``
     (degrees) and ``bp_norm_ratio/layer_{k}`` (``||g|| / ||g_bp||``), computed in float64
-    (:func:`lightning_gait.diagnostics.rule_alignment`): the rule's
+    (:func:`lightning_gait.diagnostics.alignment_metrics`): the rule's
     ``local_gradients(x, y)`` against ``torch.autograd.grad`` of its cross-entropy loss
     (same ``loss_reduction``), weights only, without the orthogonality term, at the
     weights before the step, under the trainer's precision context. ``.grad`` is never
     touched and nothing is stepped. A rule whose targets are non-finite on that batch
     gets NaN at every layer (with a warning).
+
+    How. Backprop's gradient is taken in ``on_train_batch_start``. For a rule whose
+    ``training_step`` and ``local_gradients`` are
+    :class:`~lightning_gait.rules.LocalLearningRule`'s, the rule's update is the step's
+    own: the callback sets ``capture_updates`` and reads ``captured_updates`` in
+    ``on_train_batch_end`` (the same tensors ``local_gradients`` returns, without a
+    second target pass). A rule that overrides either is measured with its
+    ``local_gradients`` in ``on_train_batch_start``
+    (:func:`lightning_gait.diagnostics.rule_alignment`).
 
     Args:
         every_n_steps: measure every this many batches (first included); 0: only at init.
@@ -234,6 +246,8 @@ class BPCorrelation(DiagnosticCallback):
         self._init_done = False
         #: ``{family}_init/layer_k`` and ``{family}_init_std/layer_k`` once measured
         self.init_metrics: Dict[str, float] = {}
+        #: ``(step, backprop's gradients)`` between the start and the end of a measured batch
+        self._pending = None
 
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         self.require(pl_module, ("net", "loss_reduction", "local_gradients"), "BPCorrelation")
@@ -244,9 +258,22 @@ class BPCorrelation(DiagnosticCallback):
             try:
                 return rule_alignment(pl_module, x, y)
             except NonFiniteError as err:
-                warnings.warn(f"BPCorrelation: {err}; logging NaN at every layer", RuntimeWarning)
-                nan = float("nan")
-                return {layer_key(f, i): nan for f in ALIGNMENT_FAMILIES for i in range(pl_module.net.num_layers)}
+                return self._nan_metrics(pl_module, str(err))
+
+    @staticmethod
+    def _nan_metrics(pl_module, reason: str) -> Dict[str, float]:
+        warnings.warn(f"BPCorrelation: {reason}; logging NaN at every layer", RuntimeWarning)
+        nan = float("nan")
+        return {layer_key(f, i): nan for f in ALIGNMENT_FAMILIES for i in range(pl_module.net.num_layers)}
+
+    @staticmethod
+    def reuses_step(pl_module) -> bool:
+        """Whether the rule's own training step can hand over its update (see the class docs)."""
+        from .rules.base import LocalLearningRule
+
+        cls = type(pl_module)
+        return (isinstance(pl_module, LocalLearningRule) and cls.training_step is LocalLearningRule.training_step
+                and cls.local_gradients is LocalLearningRule.local_gradients)
 
     def measure_at_init(self, trainer: "pl.Trainer", pl_module, x, y) -> Dict[str, float]:
         with trainer.precision_plugin.train_step_context():
@@ -270,7 +297,25 @@ class BPCorrelation(DiagnosticCallback):
                 self.log_init(trainer, self.init_metrics, step)
         if self.is_due(trainer):
             with self.timed():
-                self.log_metrics(trainer, self.measure(trainer, pl_module, x, y), step)
+                if not self.reuses_step(pl_module):
+                    self.log_metrics(trainer, self.measure(trainer, pl_module, x, y), step)
+                    return
+                with trainer.precision_plugin.train_step_context():
+                    reference = backprop_gradients(pl_module.net, x, y, loss_reduction=pl_module.loss_reduction)
+                self._pending = (step, reference)
+                pl_module.capture_updates = True
+
+    def on_train_batch_end(self, trainer: "pl.Trainer", pl_module, outputs, batch, batch_idx: int) -> None:
+        if self._pending is None:
+            return
+        (step, reference), self._pending = self._pending, None
+        with self.timed():
+            updates, pl_module.captured_updates = pl_module.captured_updates, None
+            if updates is None:
+                metrics = self._nan_metrics(pl_module, f"the step at {step} formed no finite update")
+            else:
+                metrics = alignment_metrics(updates, reference)
+            self.log_metrics(trainer, metrics, step)
 
     def log_init(self, trainer: "pl.Trainer", metrics: Dict[str, float], step: int) -> None:
         warn_nonfinite({k: v for k, v in metrics.items() if "_init_std/" not in k}, where="at init")

@@ -157,13 +157,14 @@ class InvertibleNetwork(nn.Module, ABC):
         computed from it."""
         return [(trained_weight(layer), getattr(layer, "bias", None)) for layer in self.layers]
 
-    def pair_gradients(self, objective: Tensor) -> List[Tuple[Tensor, Optional[Tensor]]]:
+    def pair_gradients(self, objective: Tensor, *, retain_graph: bool = False) -> List[Tuple[Tensor, Optional[Tensor]]]:
         """``(d objective / d weight, d objective / d bias)`` per layer, input to output,
         by one :func:`torch.autograd.grad` (``.grad`` untouched); zeros for a parameter
-        the objective does not reach, ``None`` where a layer has no bias."""
+        the objective does not reach, ``None`` where a layer has no bias. With
+        ``retain_graph`` the objective's graph stays for a later backward."""
         pairs = self.layer_parameters()
         params = [p for pair in pairs for p in pair if p is not None]
-        grads = iter(torch.autograd.grad(objective, params, allow_unused=True))
+        grads = iter(torch.autograd.grad(objective, params, allow_unused=True, retain_graph=retain_graph))
         out = []
         for pair in pairs:
             row = []

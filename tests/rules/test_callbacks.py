@@ -1,6 +1,7 @@
 """BPCorrelation, TargetNorms and Orthogonality in a plain Lightning Trainer (float64 unless stated)."""
 from __future__ import annotations
 
+import copy
 import csv
 import math
 from pathlib import Path
@@ -13,6 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_gait import Backprop, GAITProp, InvertibleMLP
 from lightning_gait.callbacks import BPCorrelation, Orthogonality, TargetNorms
+from lightning_gait.diagnostics import rule_alignment
 
 IN, WIDTH, DEPTH, BATCH, BATCHES = 48, 32, 4, 32, 6
 LAYERS = DEPTH + 1
@@ -156,6 +158,67 @@ def test_nan_is_logged_as_nan_with_a_warning(tmp_path):
     assert all(math.isnan(v) for _, v in logged(rows, "bp_angle/layer_1"))
     assert logged(rows, "bp_norm_ratio/layer_1")[0][1] == 0.0
     assert logged(rows, "bp_corr/layer_2")[0][1] >= 0.999999
+
+
+def test_bp_correlation_reads_the_steps_own_update_and_changes_nothing(tmp_path):
+    """The step hands over its update: the metrics are those of ``local_gradients`` at the
+    weights before the step (not called again), and training is bitwise unchanged."""
+    rule = make_rule("gait_norm")
+    twin = copy.deepcopy(rule)
+    x, y = next(iter(loader()))
+    expected = rule_alignment(copy.deepcopy(rule).double(), x.double(), y)
+    calls = []
+    original = rule.local_gradients
+    rule.local_gradients = lambda *a, **k: calls.append(1) or original(*a, **k)
+    bp = BPCorrelation(every_n_steps=1)
+    assert bp.reuses_step(rule)
+    trainer = fit(rule, [bp], tmp_path, epochs=1)
+    assert calls == []
+    rows = read_csv(trainer)
+    assert [step for step, _ in logged(rows, "bp_corr/layer_1")] == list(range(BATCHES))
+    for key, value in expected.items():
+        assert logged(rows, key)[0][1] == pytest.approx(value, rel=1e-12, abs=1e-15), key
+    assert min(v for _, v in logged(rows, "bp_corr/layer_1")) > 0.99
+    fit(twin, [], tmp_path / "plain", epochs=1, logger=False)
+    for a, b in zip(rule.net.parameters(), twin.net.parameters()):
+        assert torch.equal(a, b)
+    assert rule.captured_updates is None and rule.capture_updates is False
+
+
+def test_bp_correlation_measures_a_rule_with_its_own_step_before_the_step(tmp_path):
+    class OwnStep(GAITProp):
+        def training_step(self, batch, batch_idx):
+            return super().training_step(batch, batch_idx)
+
+    torch.manual_seed(0)
+    rule = OwnStep(InvertibleMLP(IN, WIDTH, DEPTH, 10), normalize=True, lr=1e-3)
+    x, y = next(iter(loader()))
+    expected = rule_alignment(copy.deepcopy(rule).double(), x.double(), y)
+    bp = BPCorrelation(every_n_steps=6)
+    assert not bp.reuses_step(rule)
+    rows = read_csv(fit(rule, [bp], tmp_path, epochs=1))
+    for key, value in expected.items():
+        assert logged(rows, key)[0][1] == pytest.approx(value, rel=1e-12, abs=1e-15), key
+
+
+def test_bp_correlation_logs_nan_for_a_skipped_step(tmp_path):
+    torch.manual_seed(0)
+    rule = GAITProp(InvertibleMLP(IN, WIDTH, DEPTH, 10), normalize=True, lr=1e-3, on_nonfinite="skip")
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(BATCH * 2, IN, generator=g)
+    x[BATCH:] = float("nan")  # the second batch's targets are not finite
+    y = torch.randint(0, 10, (BATCH * 2,), generator=g)
+    trainer = pl.Trainer(max_epochs=1, precision="64-true", accelerator="cpu", devices=1,
+                         logger=CSVLogger(str(tmp_path)), callbacks=[BPCorrelation(every_n_steps=1)],
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0, num_sanity_val_steps=0)
+    with pytest.warns(RuntimeWarning, match="BPCorrelation: the step at 1 formed no finite update"):
+        trainer.fit(rule, DataLoader(TensorDataset(x, y), batch_size=BATCH))
+    rows = read_csv(trainer)
+    values = logged(rows, "bp_corr/layer_2")
+    assert [step for step, _ in values] == [0, 1]
+    assert values[0][1] > 0.99 and math.isnan(values[1][1])
+    assert rule.skipped_batches == 1
 
 
 @pytest.mark.parametrize("bad", [-1, 2.5, True, "5"])

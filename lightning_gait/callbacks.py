@@ -43,6 +43,7 @@ root) times training with and without them; ``benchmarks/README.md`` has the fig
 """
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from contextlib import contextmanager
@@ -208,9 +209,9 @@ class BPCorrelation(DiagnosticCallback):
     How. Backprop's gradient is taken in ``on_train_batch_start``. For a rule whose
     ``training_step`` and ``local_gradients`` are
     :class:`~lightning_gait.rules.LocalLearningRule`'s, the rule's update is the step's
-    own: the callback sets ``capture_updates`` and reads ``captured_updates`` in
-    ``on_train_batch_end`` (the same tensors ``local_gradients`` returns, without a
-    second target pass). A rule that overrides either is measured with its
+    own: the callback sets the rule's ``objective_hook``, takes the gradient of the
+    step's local objective (the same tensors ``local_gradients`` returns, without a
+    second forward and target pass) and logs in ``on_train_batch_end``. A rule that overrides either is measured with its
     ``local_gradients`` in ``on_train_batch_start``
     (:func:`lightning_gait.diagnostics.rule_alignment`).
 
@@ -246,8 +247,10 @@ class BPCorrelation(DiagnosticCallback):
         self._init_done = False
         #: ``{family}_init/layer_k`` and ``{family}_init_std/layer_k`` once measured
         self.init_metrics: Dict[str, float] = {}
-        #: ``(step, backprop's gradients)`` between the start and the end of a measured batch
+        #: ``(step, backprop's gradients)`` between the start and the end of a measured batch,
+        #: and the rule's update once its step has formed it
         self._pending = None
+        self._updates = None
 
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         self.require(pl_module, ("net", "loss_reduction", "local_gradients"), "BPCorrelation")
@@ -302,15 +305,20 @@ class BPCorrelation(DiagnosticCallback):
                     return
                 with trainer.precision_plugin.train_step_context():
                     reference = backprop_gradients(pl_module.net, x, y, loss_reduction=pl_module.loss_reduction)
-                self._pending = (step, reference)
-                pl_module.capture_updates = True
+                self._pending, self._updates = (step, reference), None
+                pl_module.objective_hook = functools.partial(self._capture, pl_module)
+
+    def _capture(self, pl_module, out) -> None:
+        with self.timed():
+            self._updates = pl_module.net.pair_gradients(out.objective, retain_graph=True)
 
     def on_train_batch_end(self, trainer: "pl.Trainer", pl_module, outputs, batch, batch_idx: int) -> None:
         if self._pending is None:
             return
         (step, reference), self._pending = self._pending, None
+        updates, self._updates = self._updates, None
+        pl_module.objective_hook = None
         with self.timed():
-            updates, pl_module.captured_updates = pl_module.captured_updates, None
             if updates is None:
                 metrics = self._nan_metrics(pl_module, f"the step at {step} formed no finite update")
             else:

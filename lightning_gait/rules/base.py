@@ -42,7 +42,7 @@ cross-entropy per sample whatever ``loss_reduction`` is.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 import pytorch_lightning as pl
@@ -196,10 +196,9 @@ class LocalLearningRule(StepGuards, AdamOptimizer, pl.LightningModule):
         self.val_acc_best = MaxMetric()
         #: the last batch's rule-specific diagnostics (e.g. a TargetTrace), for callbacks
         self.last_diagnostics: Any = None
-        #: set by a callback before a training step (see :meth:`training_step`); the step
-        #: then leaves in :attr:`captured_updates` what :meth:`local_gradients` would return
-        self.capture_updates = False
-        self.captured_updates: Optional[List[Tuple[Tensor, Optional[Tensor]]]] = None
+        #: set by a callback before a training step (see :meth:`training_step`): called once
+        #: with the step's :class:`LocalObjective`, then cleared
+        self.objective_hook: Optional[Callable[[LocalObjective], None]] = None
 
     # ------------------------------------------------------------------ the rule
     @property
@@ -267,16 +266,16 @@ class LocalLearningRule(StepGuards, AdamOptimizer, pl.LightningModule):
     def training_step(self, batch, batch_idx: int):
         """Manual optimization: local objective + penalty, one backward, one step.
 
-        When :attr:`capture_updates` is set (a callback sets it, e.g.
-        :class:`~lightning_gait.callbacks.BPCorrelation`), the step first takes the local
-        objective's gradient itself, keeping the graph: :attr:`captured_updates` then holds
-        exactly what :meth:`local_gradients` returns for this batch, at the weights
-        before the step, without a second forward and target pass. The flag is cleared;
-        a batch whose targets are not finite leaves ``captured_updates`` ``None``.
+        When :attr:`objective_hook` is set (a callback sets it, e.g.
+        :class:`~lightning_gait.callbacks.BPCorrelation`), it is cleared and called with
+        the batch's :class:`LocalObjective` before the penalty is added: the gradient of
+        ``objective`` (the graph is still there; keep it with ``retain_graph=True``) is
+        exactly what :meth:`local_gradients` returns for this batch, at the weights before
+        the step. A batch whose targets are not finite never reaches the hook.
         """
         x, y = batch
         opt = self.optimizers()
-        capture, self.capture_updates, self.captured_updates = self.capture_updates, False, None
+        hook, self.objective_hook = self.objective_hook, None
         self.read_step_checks(self.check_batch(x, y))
         try:
             out = self.local_objective(x, y)
@@ -284,8 +283,8 @@ class LocalLearningRule(StepGuards, AdamOptimizer, pl.LightningModule):
             if self._world_size() > 1:
                 self._join_reduction_with_nan(opt)
             return self._skip_or_raise(err)
-        if capture:
-            self.captured_updates = self.net.pair_gradients(out.objective, retain_graph=True)
+        if hook is not None:
+            hook(out)
         objective = out.objective
         if self.loss_reduction == "sum" and self._world_size() > 1:
             # DDP averages gradients over ranks; the sum over the global batch is N times that

@@ -178,15 +178,11 @@ class GAITProp(LocalLearningRule):
         for i in range(top, 0, -1):
             gamma = self.layer_gamma(i, differences[i])
             gammas[i] = gamma
-            if absolute:
-                differences[i - 1], targets[i - 1] = self.propagate(
-                    i, trace, inverses[i], differences[i], targets[i], gamma
-                )
-            else:
+            if not absolute:
                 slopes[i] = self.net.activation_of(i).times_derivative(trace.pre[i], differences[i])
-                differences[i - 1], targets[i - 1] = self.propagate(
-                    i, trace, inverses[i], differences[i], targets[i], gamma, slope=slopes[i]
-                )
+            differences[i - 1], targets[i - 1] = self.propagate(
+                i, trace, inverses[i], differences[i], targets[i], gamma, slope=slopes[i]
+            )
             multipliers[i - 1] = multipliers[i] / gamma
         self.check_finite(differences, what="target difference t - a", inverses=inverses)
         self.check_finite(multipliers, what="target multiplier")

@@ -14,8 +14,14 @@ test. One row per run: the seeds, the epochs reached (fewest over the seeds), th
 mean validation accuracy, test accuracy (mean, range), and the smallest BP correlation of any layer
 over training and seeds, with its layer ("-" when none was logged). A NaN validation accuracy in a
 run leaves nothing to choose: its row is NaN; a NaN stays NaN in every mean and range. Labels come from the grid (``experiments/grids/EXPERIMENT.yaml``).
-``--write`` also writes ``table.csv`` (one row per run and seed) and ``curves.png`` (accuracy against
-epoch; ``1 - bp_corr`` per layer along training) into the experiment's folder::
+
+A grid's ``ablation`` (lever -> ``[run with it, run without it]``) adds the ablation table: per lever,
+the seeds both runs have, each run's mean test accuracy over those seeds, and the mean of the paired
+differences (with - without, seed by seed); a lever whose two runs share no seed yet says so.
+
+``--write`` also writes ``table.csv`` (one row per run and seed), ``ablation.csv`` (when the grid has an
+``ablation``) and ``curves.png`` (accuracy against epoch; ``1 - bp_corr`` per layer along training) into the
+experiment's folder::
 
     python -m experiments.stacks run cnn_levers
     python -m experiments.stacks sync cnn_levers
@@ -33,7 +39,8 @@ from typing import Dict, List, Optional, Sequence
 from .curves import RESULTS_DIR, RunResult, grid_spec, runs, val_is_test
 from .headline import save_figure, write_summary
 
-__all__ = ["smallest_correlations", "correlation_curves", "seed_row", "table_rows", "format_table", "plot", "main"]
+__all__ = ["smallest_correlations", "correlation_curves", "seed_row", "table_rows", "format_table", "ablation_rows",
+           "format_ablation", "plot", "main"]
 
 CORR = "bp_corr/layer_"
 
@@ -117,6 +124,45 @@ def format_table(rows: Sequence[Dict[str, object]], labels: Optional[Dict[str, s
     return "\n".join(lines)
 
 
+def ablation_rows(seed_rows: Sequence[Dict[str, object]], ablation: Dict[str, Sequence[str]],
+                  known_runs: Optional[Sequence[str]] = None) -> List[Dict[str, object]]:
+    """One row per lever of ``ablation`` (lever -> ``[run with it, run without it]``): the seeds both runs
+    have, the mean test accuracy of each over those seeds and the mean paired difference (with - without);
+    ``seeds`` is empty and the numbers NaN while the two share no seed. ``known_runs`` (the grid's runs)
+    makes a name outside them an error, not a lever that never fills in."""
+    test = {(r["run"], r["seed"]): float(r["test_acc"]) for r in seed_rows}
+    out = []
+    for lever, pair in ablation.items():
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2 or not all(isinstance(p, str) for p in pair):
+            raise ValueError(f"ablation lever {lever!r}: expected [run with it, run without it], got {pair!r}")
+        with_run, without_run = pair
+        for name in pair:
+            if known_runs is not None and name not in known_runs:
+                raise ValueError(f"ablation lever {lever!r}: {name!r} is not a run of the grid")
+        seeds = sorted({s for n, s in test if n == with_run} & {s for n, s in test if n == without_run})
+        mean = (lambda values: sum(values) / len(values)) if seeds else (lambda values: math.nan)
+        with_acc = [test[(with_run, s)] for s in seeds]
+        without_acc = [test[(without_run, s)] for s in seeds]
+        out.append({"lever": lever, "with": with_run, "without": without_run, "seeds": seeds,
+                    "test_with": mean(with_acc), "test_without": mean(without_acc),
+                    "difference": mean([a - b for a, b in zip(with_acc, without_acc)])})
+    return out
+
+
+def format_ablation(rows: Sequence[Dict[str, object]], labels: Optional[Dict[str, str]] = None) -> str:
+    labels = labels or {}
+    lines = ["| lever | with it | without it | seeds | test acc % with (mean) | without (mean) | difference (points) |",
+             "|---|---|---|---|---:|---:|---:|"]
+    for r in rows:
+        if r["seeds"]:
+            numbers = (f"{', '.join(map(str, r['seeds']))} | {_pct(r['test_with'])} | {_pct(r['test_without'])} | "
+                       + ("nan" if math.isnan(r["difference"]) else f"{100 * r['difference']:+.2f}"))
+        else:
+            numbers = "not run yet | | |"
+        lines.append(f"| {r['lever']} | {labels.get(r['with'], r['with'])} | {labels.get(r['without'], r['without'])} | {numbers} |")
+    return "\n".join(lines)
+
+
 def plot(found: Sequence[RunResult], path: Path, labels: Optional[Dict[str, str]] = None) -> Path:
     """``curves.png``: test (solid) and validation (dashed) accuracy per run and seed against the epoch,
     and, per layer of each seed-0 run that is not backprop, ``1 - bp_corr`` along training (log scale;
@@ -169,10 +215,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(format_table(table_rows(per_seed), grid_spec(args.experiment).get("labels")))
+    spec = grid_spec(args.experiment)
+    print(format_table(table_rows(per_seed), spec.get("labels")))
+    ablation = None
+    if spec.get("ablation"):
+        from .stacks import run_name
+
+        try:
+            known = [run_name(stack) for stack in spec["stacks"]] if spec.get("stacks") else None
+            ablation = ablation_rows(per_seed, spec["ablation"], known)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print()
+        print(format_ablation(ablation, spec.get("labels")))
     if args.write:
         keys = list(dict.fromkeys(k for r in per_seed for k in r))
         print(f"wrote {write_summary([{k: r.get(k, '') for k in keys} for r in per_seed], folder / 'table.csv')}")
+        if ablation is not None:
+            rows = [{**r, "seeds": " ".join(map(str, r["seeds"]))} for r in ablation]
+            print(f"wrote {write_summary(rows, folder / 'ablation.csv')}")
         print(f"wrote {plot(found, folder / 'curves.png', grid_spec(args.experiment).get('labels'))}")
     return 0
 

@@ -81,3 +81,38 @@ def test_a_run_without_its_config_is_one_line(tmp_path, capsys):
     (_run(tmp_path, "gait", 0, [(0.40, 0.41)]) / "config.yaml").unlink()
     assert levers.main(["exp", "--results", str(tmp_path)]) == 2
     assert "no config.yaml" in capsys.readouterr().err
+
+
+def test_the_ablation_pairs_seeds_and_waits_for_missing_runs(tmp_path, monkeypatch, capsys):
+    _run(tmp_path, "full", 0, [(0.60, 0.62)])
+    _run(tmp_path, "full", 1, [(0.61, 0.64)])
+    _run(tmp_path, "no_aug", 1, [(0.55, 0.58), (0.57, 0.57)])  # seed 1 only: the pair is seed 1
+    _run(tmp_path, "no_aug", 2, [(0.10, 0.10)])  # no partner seed: left out
+    spec = {"stacks": [["full"], ["no_aug"], ["pixels"]],
+            "ablation": {"augmentation": ["full", "no_aug"], "standardization": ["full", "pixels"]}}
+    monkeypatch.setattr(levers, "grid_spec", lambda name: spec)
+    assert levers.main(["exp", "--results", str(tmp_path), "--write"]) == 0
+    out = capsys.readouterr().out
+    assert "| augmentation | full | no_aug | 1 | 64.00 | 57.00 | +7.00 |" in out
+    assert "| standardization | full | pixels | not run yet | | | |" in out
+    with open(tmp_path / "exp" / "ablation.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["lever"], r["seeds"]) for r in rows] == [("augmentation", "1"), ("standardization", "")]
+    assert float(rows[0]["difference"]) == pytest.approx(0.07) and rows[1]["difference"] == "nan"
+
+
+def test_an_ablation_naming_no_run_of_the_grid_is_one_line(tmp_path, monkeypatch, capsys):
+    _run(tmp_path, "full", 0, [(0.60, 0.62)])
+    monkeypatch.setattr(levers, "grid_spec", lambda name: {"stacks": [["full"]], "ablation": {"aug": ["full", "ful_noaug"]}})
+    assert levers.main(["exp", "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: ablation lever 'aug': 'ful_noaug' is not a run of the grid"
+
+
+def test_a_nan_test_accuracy_makes_the_difference_nan(tmp_path):
+    _run(tmp_path, "full", 0, [(0.60, 0.62)])
+    _run(tmp_path, "bare", 0, [("nan", "nan")])
+    rows = [levers.seed_row(r) for r in levers.runs(tmp_path / "exp")]
+    (row,) = levers.ablation_rows(rows, {"lever": ["full", "bare"]})
+    assert row["seeds"] == [0] and row["test_with"] == pytest.approx(0.62) and math.isnan(row["difference"])
+    assert levers.format_ablation([row]).splitlines()[-1] == "| lever | full | bare | 0 | 62.00 | nan | nan |"

@@ -260,6 +260,12 @@ class GaitCLI(LightningCLI):
                               skip_default="skip_default" in flags), end="")
             raise SystemExit(0)
 
+    def _dump_config(self) -> None:
+        """The config LightningCLI saves the modules' hyperparameters from, with the network's
+        sizes (:func:`dump_config`), so that ``load_from_checkpoint(path)`` rebuilds the network."""
+        if not hasattr(self, "config_dump"):
+            self.config_dump = yaml.safe_load(dump_config(self.parser, self.config, skip_none=False))
+
     def before_instantiate_classes(self) -> None:
         """A W&B logger gets the regime as group and tag, quiet console output and, on resume,
         the id of the checkpoint's run (its documented ``id``)."""

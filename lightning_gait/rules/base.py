@@ -118,6 +118,33 @@ def check_network(net: Any, rule: str) -> None:
                 "InvertibleActivation")
 
 
+def _net_from_config() -> bool:
+    """Whether LightningCLI is building this module from a config whose ``net`` is plain data
+    (class path and arguments), which is then saved among the hyperparameters."""
+    try:
+        from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
+    except ImportError:  # another Lightning: the network stays out of the hyperparameters
+        return False
+    given = _given_hyperparameters.get()
+    return isinstance(given, dict) and isinstance(given.get("net"), dict)
+
+
+def _checkpoint_rule(checkpoint_path, weights_only: Optional[bool]) -> Optional[type]:
+    """The rule class a checkpoint of ``fit`` names (``_class_path``), if its module is imported
+    (as Lightning, nothing is imported on a checkpoint's word)."""
+    import sys
+
+    from pytorch_lightning.core.saving import pl_load
+
+    checkpoint = pl_load(checkpoint_path, map_location="cpu", weights_only=weights_only)
+    class_path = (checkpoint.get("hyper_parameters") or {}).get("_class_path")
+    if not isinstance(class_path, str) or "." not in class_path:
+        return None
+    module, name = class_path.rsplit(".", 1)
+    named = getattr(sys.modules.get(module), name, None)
+    return named if isinstance(named, type) and issubclass(named, LocalLearningRule) else None
+
+
 class LocalLearningRule(StepGuards, AdamOptimizer, pl.LightningModule):
     """Base class of every learning rule: owns the manual-optimization loop and metrics.
 
@@ -183,7 +210,10 @@ class LocalLearningRule(StepGuards, AdamOptimizer, pl.LightningModule):
         self.net = net
         self.ortho_weight = float(ortho_weight)
         self.loss_reduction = loss_reduction
-        self.save_hyperparameters(ignore=["net"])
+        # from a config (LightningCLI), the hyperparameters hold the network's class path and
+        # arguments, so load_from_checkpoint(path) rebuilds the module; a network built in
+        # Python stays out of them (pass it: load_from_checkpoint(path, net=...))
+        self.save_hyperparameters(ignore=[] if _net_from_config() else ["net"])
 
         num_classes = net.num_classes
         # one metric object per stage (lightning-hydra-template style)
@@ -199,6 +229,17 @@ class LocalLearningRule(StepGuards, AdamOptimizer, pl.LightningModule):
         #: set by a callback before a training step (see :meth:`training_step`): called once
         #: with the step's :class:`LocalObjective`, then cleared
         self.objective_hook: Optional[Callable[[LocalObjective], None]] = None
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, *args: Any, **kwargs: Any):
+        """Lightning's ``load_from_checkpoint``; called on a base class (``LocalLearningRule``), it
+        builds the rule the checkpoint names (an imported subclass), not the base class."""
+        named = _checkpoint_rule(checkpoint_path, kwargs.get("weights_only"))
+        if hasattr(checkpoint_path, "seek"):  # a file object: read again from its start
+            checkpoint_path.seek(0)
+        if named is not None and named is not cls and issubclass(named, cls):
+            cls = named
+        return super(LocalLearningRule, cls).load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     # ------------------------------------------------------------------ the rule
     @property

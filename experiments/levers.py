@@ -10,14 +10,15 @@ experiments.stacks sync EXPERIMENT``). For every run and seed:
   logged step; NaN when any logged value is NaN).
 
 A run that validated on the test set (``val_size: 0``) stops the table: its choice would be made on
-test. One row per run: the seeds, the epochs reached (fewest over the seeds), the chosen epochs,
+test; a run that has not finished an epoch yet is left out, with a note. One row per run: the seeds, the epochs reached (fewest over the seeds), the chosen epochs,
 mean validation accuracy, test accuracy (mean, range), and the smallest BP correlation of any layer
 over training and seeds, with its layer ("-" when none was logged). A NaN validation accuracy in a
 run leaves nothing to choose: its row is NaN; a NaN stays NaN in every mean and range. Labels come from the grid (``experiments/grids/EXPERIMENT.yaml``).
 
 A grid's ``ablation`` (lever -> ``[run with it, run without it]``) adds the ablation table: per lever,
-the seeds both runs have, each run's mean test accuracy over those seeds, and the mean of the paired
-differences (with - without, seed by seed); a lever whose two runs share no seed yet says so.
+the seeds both runs have finished (all the epochs of their ``trainer.max_epochs``), each run's mean
+test accuracy over those seeds, and the mean of the paired differences (with - without, seed by
+seed); a lever whose two runs share no finished seed yet says so.
 
 ``--write`` also writes ``table.csv`` (one row per run and seed), ``ablation.csv`` (when the grid has an
 ``ablation``) and ``curves.png`` (accuracy against epoch; ``1 - bp_corr`` per layer along training) into the
@@ -66,6 +67,10 @@ def smallest_correlations(metrics: Path) -> Dict[int, float]:
     return out
 
 
+class Unfinished(ValueError):
+    """A run that has not finished an epoch yet: left out of the tables, with a note."""
+
+
 def seed_row(run: RunResult) -> Dict[str, object]:
     """One run and seed: epochs reached, the epoch validation chooses, its accuracies, smallest correlations."""
     if not run.config_path.is_file():
@@ -74,30 +79,35 @@ def seed_row(run: RunResult) -> Dict[str, object]:
         raise ValueError(f"{run.folder}: validated on the test set (val_size 0); nothing can be chosen on it")
     epochs = [e for e in run.epochs() if "val_acc" in e]
     if not epochs:
-        raise ValueError(f"{run.folder}: no finished epoch with a validation accuracy")
+        raise Unfinished(f"{run.folder}: no finished epoch with a validation accuracy yet")
     if any(math.isnan(e["val_acc"]) for e in epochs):  # nothing can be chosen: the row says so
         best = {"epoch": math.nan, "val_acc": math.nan, "test_acc": math.nan}
     else:
         best = max(epochs, key=lambda e: e["val_acc"])  # the first of equal ones
     corr = smallest_correlations(run.metrics)
-    return {"run": run.name, "seed": run.seed, "epochs": epochs[-1]["epoch"], "chosen_epoch": best["epoch"],
+    planned = ((run.config().get("trainer") or {}).get("max_epochs"))
+    return {"run": run.name, "seed": run.seed, "epochs": epochs[-1]["epoch"],
+            "finished": planned is None or epochs[-1]["epoch"] >= int(planned),  # None: no plan to compare
+            "chosen_epoch": best["epoch"],
             "val_acc": best["val_acc"], "test_acc": best.get("test_acc", math.nan),
             **{f"min_bp_corr_layer_{k}": corr[k] for k in sorted(corr)}, "source": str(run.folder)}
 
 
 def table_rows(seed_rows: Sequence[Dict[str, object]]) -> List[Dict[str, object]]:
-    """One row per run: its seeds, fewest epochs, chosen epochs, mean val, test mean and range, and the
-    smallest correlation of any layer (NaN if any is NaN) with its layer."""
+    """One row per run, and a second one for its unfinished seeds (short of ``trainer.max_epochs``), so
+    that no mean mixes a run in progress with finished ones: its seeds, fewest epochs, chosen epochs, mean
+    val, test mean and range, and the smallest correlation of any layer (NaN if any is NaN) with its layer."""
     out = []
-    for name in dict.fromkeys(r["run"] for r in seed_rows):
-        rows = [r for r in seed_rows if r["run"] == name]
+    for name, finished in dict.fromkeys((r["run"], r.get("finished", True)) for r in seed_rows):
+        rows = [r for r in seed_rows if r["run"] == name and r.get("finished", True) == finished]
         tests = [float(r["test_acc"]) for r in rows]
         nan_test = any(math.isnan(t) for t in tests)
         corr = [(float(v), int(k[len("min_bp_corr_layer_"):])) for r in rows for k, v in r.items()
                 if k.startswith("min_bp_corr_layer_")]
         nan = [c for c in corr if math.isnan(c[0])]
         low = nan[0] if nan else min(corr, default=(None, None))  # None: nothing logged
-        out.append({"run": name, "seeds": [r["seed"] for r in rows], "epochs": min(r["epochs"] for r in rows),
+        out.append({"run": name, "finished": finished, "seeds": [r["seed"] for r in rows],
+                    "epochs": min(r["epochs"] for r in rows),
                     "chosen": [r["chosen_epoch"] for r in rows],
                     "val_acc": sum(float(r["val_acc"]) for r in rows) / len(rows),
                     "test_acc": sum(tests) / len(tests),
@@ -119,7 +129,8 @@ def format_table(rows: Sequence[Dict[str, object]], labels: Optional[Dict[str, s
         corr = "-" if low is None else f"nan ({r['min_bp_corr_layer']})" if math.isnan(low) else \
             f"{low:.6f} ({r['min_bp_corr_layer']})"
         test = _pct(r["test_acc"]) + (f" ({_pct(r['test_min'])}-{_pct(r['test_max'])})" if len(r["seeds"]) > 1 else "")
-        lines.append(f"| {labels.get(r['run'], r['run'])} | {', '.join(map(str, r['seeds']))} | {r['epochs']} | "
+        label = labels.get(r["run"], r["run"]) + ("" if r.get("finished", True) else " (unfinished)")
+        lines.append(f"| {label} | {', '.join(map(str, r['seeds']))} | {r['epochs']} | "
                      f"{', '.join('-' if isinstance(c, float) else str(c) for c in r['chosen'])} | {_pct(r['val_acc'])} | {test} | {corr} |")
     return "\n".join(lines)
 
@@ -127,10 +138,10 @@ def format_table(rows: Sequence[Dict[str, object]], labels: Optional[Dict[str, s
 def ablation_rows(seed_rows: Sequence[Dict[str, object]], ablation: Dict[str, Sequence[str]],
                   known_runs: Optional[Sequence[str]] = None) -> List[Dict[str, object]]:
     """One row per lever of ``ablation`` (lever -> ``[run with it, run without it]``): the seeds both runs
-    have, the mean test accuracy of each over those seeds and the mean paired difference (with - without);
-    ``seeds`` is empty and the numbers NaN while the two share no seed. ``known_runs`` (the grid's runs)
+    have finished (``finished`` of :func:`seed_row`), the mean test accuracy of each over those seeds and
+    the mean paired difference (with - without); ``seeds`` is empty and the numbers NaN while the two share no seed. ``known_runs`` (the grid's runs)
     makes a name outside them an error, not a lever that never fills in."""
-    test = {(r["run"], r["seed"]): float(r["test_acc"]) for r in seed_rows}
+    test = {(r["run"], r["seed"]): float(r["test_acc"]) for r in seed_rows if r.get("finished", True)}
     out = []
     for lever, pair in ablation.items():
         if not isinstance(pair, (list, tuple)) or len(pair) != 2 or not all(isinstance(p, str) for p in pair):
@@ -210,10 +221,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not found:
         print(f"error: no runs in {folder} (RUN_sSEED/metrics.csv): run and sync the experiment first", file=sys.stderr)
         return 2
-    try:
-        per_seed = [seed_row(run) for run in found]
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+    per_seed = []
+    for run in found:
+        try:
+            per_seed.append(seed_row(run))
+        except Unfinished as note:
+            print(f"note: {note}: left out", file=sys.stderr)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    if not per_seed:
+        print(f"error: no run in {folder} has finished an epoch yet", file=sys.stderr)
         return 2
     spec = grid_spec(args.experiment)
     print(format_table(table_rows(per_seed), spec.get("labels")))

@@ -10,11 +10,13 @@ from experiments import levers
 FIELDS = ["epoch", "step", "val/acc", "test/acc", "bp_corr/layer_1", "bp_corr/layer_2"]
 
 
-def _run(root, name, seed, epochs, corr_rows=(), val_size=5000):
-    """A run folder: per epoch (val, test); corr_rows: (step, layer 1, layer 2) logged by step."""
+def _run(root, name, seed, epochs, corr_rows=(), val_size=5000, max_epochs=None):
+    """A run folder: per epoch (val, test); corr_rows: (step, layer 1, layer 2) logged by step; the
+    config plans ``max_epochs`` (default: the epochs given, a finished run)."""
     folder = root / "exp" / f"{name}_s{seed}"
     folder.mkdir(parents=True)
-    (folder / "config.yaml").write_text(yaml.safe_dump({"data": {"init_args": {"val_size": val_size}}}))
+    config = {"data": {"init_args": {"val_size": val_size}}, "trainer": {"max_epochs": max_epochs or len(epochs)}}
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
     with open(folder / "metrics.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
@@ -88,6 +90,8 @@ def test_the_ablation_pairs_seeds_and_waits_for_missing_runs(tmp_path, monkeypat
     _run(tmp_path, "full", 1, [(0.61, 0.64)])
     _run(tmp_path, "no_aug", 1, [(0.55, 0.58), (0.57, 0.57)])  # seed 1 only: the pair is seed 1
     _run(tmp_path, "no_aug", 2, [(0.10, 0.10)])  # no partner seed: left out
+    _run(tmp_path, "full", 3, [(0.61, 0.64)])
+    _run(tmp_path, "no_aug", 3, [(0.61, 0.90)], max_epochs=2)  # not finished: seed 3 is no pair yet
     spec = {"stacks": [["full"], ["no_aug"], ["pixels"]],
             "ablation": {"augmentation": ["full", "no_aug"], "standardization": ["full", "pixels"]}}
     monkeypatch.setattr(levers, "grid_spec", lambda name: spec)
@@ -116,3 +120,20 @@ def test_a_nan_test_accuracy_makes_the_difference_nan(tmp_path):
     (row,) = levers.ablation_rows(rows, {"lever": ["full", "bare"]})
     assert row["seeds"] == [0] and row["test_with"] == pytest.approx(0.62) and math.isnan(row["difference"])
     assert levers.format_ablation([row]).splitlines()[-1] == "| lever | full | bare | 0 | 62.00 | nan | nan |"
+
+
+def test_a_run_without_a_finished_epoch_is_left_out_with_a_note(tmp_path, capsys):
+    _run(tmp_path, "gait", 0, [(0.40, 0.41)])
+    _run(tmp_path, "gait", 1, [], max_epochs=30)
+    assert levers.main(["exp", "--results", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "| gait | 0 | 1 |" in captured.out
+    assert captured.err.strip() == f"note: {tmp_path / 'exp' / 'gait_s1'}: no finished epoch with a validation accuracy yet: left out"
+
+
+def test_an_unfinished_seed_gets_a_row_of_its_own(tmp_path, capsys):
+    _run(tmp_path, "gait", 0, [(0.40, 0.41), (0.50, 0.52)])
+    _run(tmp_path, "gait", 1, [(0.30, 0.31)], max_epochs=2)
+    rows = levers.table_rows([levers.seed_row(r) for r in levers.runs(tmp_path / "exp")])
+    assert [(r["seeds"], r["finished"], r["test_acc"]) for r in rows] == [([0], True, 0.52), ([1], False, 0.31)]
+    assert levers.format_table(rows).splitlines()[-1].startswith("| gait (unfinished) | 1 | 1 | 1 |")

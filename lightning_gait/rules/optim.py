@@ -39,11 +39,20 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def changed_settings(before: Optional[Mapping[str, Any]], now: Mapping[str, Any]) -> Dict[str, Tuple[Any, Any]]:
-    """``{name: (checkpoint's value, this run's value)}`` for the hyperparameters that differ."""
-    if not before:
-        return {}
-    return {key: (before[key], value) for key, value in now.items() if key in before and not _same(before[key], value)}
+def changed_settings(before: Optional[Mapping[str, Any]], now: Mapping[str, Any],
+                     prefix: str = "") -> Dict[str, Tuple[Any, Any]]:
+    """``{name: (checkpoint's value, this run's value)}`` for the hyperparameters that differ; a
+    setting inside a nested one (the network's) is named by its path, ``net.init_args.alpha``."""
+    out: Dict[str, Tuple[Any, Any]] = {}
+    for key, value in now.items():
+        if not before or key not in before:
+            continue
+        name = f"{prefix}{key}"
+        if isinstance(before[key], Mapping) and isinstance(value, Mapping):
+            out.update(changed_settings(before[key], value, f"{name}."))
+        elif not _same(before[key], value):
+            out[name] = (before[key], value)
+    return out
 
 
 def _shown(value: Any) -> str:

@@ -60,3 +60,14 @@ def test_a_network_built_in_python_is_passed_back(tmp_path):
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
     assert loaded.hparams.lr == 1e-3
+
+
+def test_a_changed_network_setting_is_named_by_its_path():
+    from lightning_gait.rules.optim import changed_settings
+
+    before = {"lr": 1e-3, "betas": [0.9, 0.999],
+              "net": {"class_path": "lightning_gait.InvertibleCNN", "init_args": {"alpha": 0.1, "keep": None}}}
+    now = {"lr": 1e-3, "betas": (0.9, 0.999), "eta": 1e-7,
+           "net": {"class_path": "lightning_gait.InvertibleCNN", "init_args": {"alpha": 0.2, "keep": None}}}
+    assert changed_settings(before, now) == {"net.init_args.alpha": (0.1, 0.2)}
+    assert changed_settings(None, now) == {} and changed_settings({"lr": 1e-4}, now) == {"lr": (1e-4, 1e-3)}

@@ -18,7 +18,8 @@ run leaves nothing to choose: its row is NaN; a NaN stays NaN in every mean and 
 A grid's ``ablation`` (lever -> ``[run with it, run without it]``) adds the ablation table: per lever,
 the seeds both runs have finished (all the epochs of their ``trainer.max_epochs``), each run's mean
 test accuracy over those seeds, and the mean of the paired differences (with - without, seed by
-seed); a lever whose two runs share no finished seed yet says so.
+seed); a lever whose two runs share no finished seed yet says so. A run short of its epochs is
+"unfinished", whether it is still running or stopped.
 
 ``--write`` also writes ``table.csv`` (one row per run and seed), ``ablation.csv`` (when the grid has an
 ``ablation``) and ``curves.png`` (accuracy against epoch; ``1 - bp_corr`` per layer along training) into the
@@ -98,7 +99,9 @@ def table_rows(seed_rows: Sequence[Dict[str, object]]) -> List[Dict[str, object]
     that no mean mixes a run in progress with finished ones: its seeds, fewest epochs, chosen epochs, mean
     val, test mean and range, and the smallest correlation of any layer (NaN if any is NaN) with its layer."""
     out = []
-    for name, finished in dict.fromkeys((r["run"], r.get("finished", True)) for r in seed_rows):
+    groups = dict.fromkeys((r["run"], r.get("finished", True)) for r in seed_rows)
+    names = list(dict.fromkeys(name for name, _ in groups))
+    for name, finished in sorted(groups, key=lambda g: (names.index(g[0]), not g[1])):  # finished first
         rows = [r for r in seed_rows if r["run"] == name and r.get("finished", True) == finished]
         tests = [float(r["test_acc"]) for r in rows]
         nan_test = any(math.isnan(t) for t in tests)
@@ -141,6 +144,8 @@ def ablation_rows(seed_rows: Sequence[Dict[str, object]], ablation: Dict[str, Se
     have finished (``finished`` of :func:`seed_row`), the mean test accuracy of each over those seeds and
     the mean paired difference (with - without); ``seeds`` is empty and the numbers NaN while the two share no seed. ``known_runs`` (the grid's runs)
     makes a name outside them an error, not a lever that never fills in."""
+    if not isinstance(ablation, dict):
+        raise ValueError(f"ablation: expected a mapping of lever -> [run with it, run without it], got {ablation!r}")
     test = {(r["run"], r["seed"]): float(r["test_acc"]) for r in seed_rows if r.get("finished", True)}
     out = []
     for lever, pair in ablation.items():
@@ -169,7 +174,7 @@ def format_ablation(rows: Sequence[Dict[str, object]], labels: Optional[Dict[str
             numbers = (f"{', '.join(map(str, r['seeds']))} | {_pct(r['test_with'])} | {_pct(r['test_without'])} | "
                        + ("nan" if math.isnan(r["difference"]) else f"{100 * r['difference']:+.2f}"))
         else:
-            numbers = "not run yet | | |"
+            numbers = "no seed finished by both yet | | |"
         lines.append(f"| {r['lever']} | {labels.get(r['with'], r['with'])} | {labels.get(r['without'], r['without'])} | {numbers} |")
     return "\n".join(lines)
 

@@ -129,20 +129,27 @@ def _net_from_config() -> bool:
     return isinstance(given, dict) and isinstance(given.get("net"), dict)
 
 
-def _checkpoint_rule(checkpoint_path, weights_only: Optional[bool]) -> Optional[type]:
-    """The rule class a checkpoint of ``fit`` names (``_class_path``), if its module is imported
-    (as Lightning, nothing is imported on a checkpoint's word)."""
+def _imported_class(class_path: Any, base: type) -> Optional[type]:
+    """The class ``class_path`` names if its module is already imported and it is a ``base``;
+    nothing is imported on a checkpoint's word (as Lightning's own check)."""
     import sys
 
-    from pytorch_lightning.core.saving import pl_load
-
-    checkpoint = pl_load(checkpoint_path, map_location="cpu", weights_only=weights_only)
-    class_path = (checkpoint.get("hyper_parameters") or {}).get("_class_path")
     if not isinstance(class_path, str) or "." not in class_path:
         return None
     module, name = class_path.rsplit(".", 1)
     named = getattr(sys.modules.get(module), name, None)
-    return named if isinstance(named, type) and issubclass(named, LocalLearningRule) else None
+    return named if isinstance(named, type) and issubclass(named, base) else None
+
+
+def _saved_hparams(checkpoint_path, weights_only: Optional[bool]) -> dict:
+    """A checkpoint's ``hyper_parameters``, a file object put back where it was."""
+    from pytorch_lightning.core.saving import pl_load
+
+    start = checkpoint_path.tell() if hasattr(checkpoint_path, "seek") else None
+    checkpoint = pl_load(checkpoint_path, map_location="cpu", weights_only=weights_only)
+    if start is not None:
+        checkpoint_path.seek(start)
+    return dict(checkpoint.get("hyper_parameters") or {})
 
 
 class LocalLearningRule(StepGuards, AdamOptimizer, pl.LightningModule):
@@ -232,14 +239,31 @@ class LocalLearningRule(StepGuards, AdamOptimizer, pl.LightningModule):
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, *args: Any, **kwargs: Any):
-        """Lightning's ``load_from_checkpoint``; called on a base class (``LocalLearningRule``), it
-        builds the rule the checkpoint names (an imported subclass), not the base class."""
-        named = _checkpoint_rule(checkpoint_path, kwargs.get("weights_only"))
-        if hasattr(checkpoint_path, "seek"):  # a file object: read again from its start
-            checkpoint_path.seek(0)
+        """Lightning's ``load_from_checkpoint``, for checkpoints of ``fit``: called on
+        ``LocalLearningRule`` it builds the rule the checkpoint names; the network is the one the
+        checkpoint's hyperparameters name (an already imported class), unless ``net=`` gives one;
+        the loaded module keeps those hyperparameters, so that its own checkpoints load the same way."""
+        saved = _saved_hparams(checkpoint_path, kwargs.get("weights_only"))
+        named = _imported_class(saved.get("_class_path"), LocalLearningRule)
         if named is not None and named is not cls and issubclass(named, cls):
             cls = named
-        return super(LocalLearningRule, cls).load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        elif named is None and cls is LocalLearningRule:
+            raise ValueError(f"{checkpoint_path}: the checkpoint names no imported rule class "
+                             f"({saved.get('_class_path')!r}); load it with the rule's own class")
+        if "net" not in kwargs:
+            net = saved.get("net")
+            if net is None:
+                raise ValueError(f"{checkpoint_path}: the checkpoint holds no network settings (its module was built "
+                                 "in Python, or by a fit that did not save them): pass the network, "
+                                 "load_from_checkpoint(path, net=...)")
+            if isinstance(net, dict) and _imported_class(net.get("class_path"), nn.Module) is None:
+                raise ValueError(f"{checkpoint_path}: the network class {net.get('class_path')!r} the checkpoint "
+                                 "names is not imported: import its module first, or pass net=...")
+        model = super(LocalLearningRule, cls).load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        if "net" not in kwargs:
+            kept = {k: saved[k] for k in ("_class_path", "net", "_instantiator") if k in saved}
+            model.hparams.update({k: v for k, v in kept.items() if k not in model.hparams})
+        return model
 
     # ------------------------------------------------------------------ the rule
     @property

@@ -40,13 +40,17 @@ def test_a_trained_module_loads_from_its_checkpoint(config, cls, checkpoints):
 def test_the_base_class_loads_the_rule_the_checkpoint_names(checkpoints):
     assert type(lg.LocalLearningRule.load_from_checkpoint(checkpoints["gait_norm"], map_location="cpu")) is lg.GAITProp
     assert type(lg.LocalLearningRule.load_from_checkpoint(checkpoints["bp"], map_location="cpu")) is lg.Backprop
-    with pytest.raises(ValueError, match="subclass of Backprop"):
+    with pytest.raises(ValueError, match="subclass of Backprop"):  # Lightning's own check
         lg.Backprop.load_from_checkpoint(checkpoints["gait_norm"], map_location="cpu")
 
 
 def test_a_file_object_is_read_once_for_the_class_and_again_for_the_module(checkpoints):
-    with open(checkpoints["gait_norm"], "rb") as f:
-        assert type(lg.LocalLearningRule.load_from_checkpoint(f, map_location="cpu")) is lg.GAITProp
+    import io
+
+    data = checkpoints["gait_norm"].read_bytes()
+    f = io.BytesIO(b"xyz" + data)
+    f.seek(3)  # read from where the caller left it, both times
+    assert type(lg.LocalLearningRule.load_from_checkpoint(f, map_location="cpu")) is lg.GAITProp
 
 
 def test_a_network_built_in_python_is_passed_back(tmp_path):
@@ -71,3 +75,43 @@ def test_a_changed_network_setting_is_named_by_its_path():
            "net": {"class_path": "lightning_gait.InvertibleCNN", "init_args": {"alpha": 0.2, "keep": None}}}
     assert changed_settings(before, now) == {"net.init_args.alpha": (0.1, 0.2)}
     assert changed_settings(None, now) == {} and changed_settings({"lr": 1e-4}, now) == {"lr": (1e-4, 1e-3)}
+
+
+def test_a_loaded_module_saves_checkpoints_that_load_by_path(checkpoints, tmp_path):
+    import pytorch_lightning as pl
+
+    model = lg.LocalLearningRule.load_from_checkpoint(checkpoints["gait_norm"], map_location="cpu")
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(model)
+    again = tmp_path / "again.ckpt"
+    trainer.save_checkpoint(again)
+    reloaded = lg.LocalLearningRule.load_from_checkpoint(again, map_location="cpu")
+    assert type(reloaded) is lg.GAITProp and (reloaded.net.width, reloaded.net.depth) == (16, 2)
+
+
+def _edited(path, tmp_path, edit):
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    edit(saved["hyper_parameters"])
+    out = tmp_path / "edited.ckpt"
+    torch.save(saved, out)
+    return out
+
+
+def test_a_checkpoint_without_network_settings_asks_for_the_network(checkpoints, tmp_path):
+    old = _edited(checkpoints["gait_norm"], tmp_path, lambda hp: hp.pop("net"))
+    with pytest.raises(ValueError, match=r"holds no network settings .*load_from_checkpoint\(path, net=\.\.\.\)"):
+        lg.GAITProp.load_from_checkpoint(old, map_location="cpu")
+
+
+def test_a_network_class_that_is_not_imported_is_refused(checkpoints, tmp_path):
+    odd = _edited(checkpoints["gait_norm"], tmp_path, lambda hp: hp["net"].update(class_path="not_imported_mod.Net"))
+    with pytest.raises(ValueError, match="'not_imported_mod.Net' the checkpoint names is not imported"):
+        lg.LocalLearningRule.load_from_checkpoint(odd, map_location="cpu")
+    import sys
+    assert "not_imported_mod" not in sys.modules
+
+
+def test_the_base_class_refuses_a_checkpoint_that_names_no_rule(checkpoints, tmp_path):
+    bare = _edited(checkpoints["gait_norm"], tmp_path, lambda hp: hp.pop("_class_path"))
+    with pytest.raises(ValueError, match="names no imported rule class"):
+        lg.LocalLearningRule.load_from_checkpoint(bare, map_location="cpu")

@@ -98,7 +98,7 @@ def test_the_ablation_pairs_seeds_and_waits_for_missing_runs(tmp_path, monkeypat
     assert levers.main(["exp", "--results", str(tmp_path), "--write"]) == 0
     out = capsys.readouterr().out
     assert "| augmentation | full | no_aug | 1 | 64.00 | 57.00 | +7.00 |" in out
-    assert "| standardization | full | pixels | not run yet | | | |" in out
+    assert "| standardization | full | pixels | no seed finished by both yet | | | |" in out
     with open(tmp_path / "exp" / "ablation.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["lever"], r["seeds"]) for r in rows] == [("augmentation", "1"), ("standardization", "")]
@@ -132,8 +132,16 @@ def test_a_run_without_a_finished_epoch_is_left_out_with_a_note(tmp_path, capsys
 
 
 def test_an_unfinished_seed_gets_a_row_of_its_own(tmp_path, capsys):
-    _run(tmp_path, "gait", 0, [(0.40, 0.41), (0.50, 0.52)])
-    _run(tmp_path, "gait", 1, [(0.30, 0.31)], max_epochs=2)
+    _run(tmp_path, "gait", 0, [(0.30, 0.31)], max_epochs=2)
+    _run(tmp_path, "gait", 1, [(0.40, 0.41), (0.50, 0.52)])
     rows = levers.table_rows([levers.seed_row(r) for r in levers.runs(tmp_path / "exp")])
-    assert [(r["seeds"], r["finished"], r["test_acc"]) for r in rows] == [([0], True, 0.52), ([1], False, 0.31)]
-    assert levers.format_table(rows).splitlines()[-1].startswith("| gait (unfinished) | 1 | 1 | 1 |")
+    assert [(r["seeds"], r["finished"], r["test_acc"]) for r in rows] == [([1], True, 0.52), ([0], False, 0.31)]
+    assert levers.format_table(rows).splitlines()[-1].startswith("| gait (unfinished) | 0 | 1 | 1 |")
+
+
+def test_an_ablation_that_is_not_a_mapping_is_one_line(tmp_path, monkeypatch, capsys):
+    _run(tmp_path, "full", 0, [(0.60, 0.62)])
+    monkeypatch.setattr(levers, "grid_spec", lambda name: {"stacks": [["full"]], "ablation": [["full", "full"]]})
+    assert levers.main(["exp", "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ablation: expected a mapping") and "\n" not in err

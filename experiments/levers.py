@@ -21,8 +21,8 @@ test accuracy over those seeds, and the mean of the paired differences (with - w
 seed); a lever whose two runs share no finished seed yet says so. A run short of its epochs is
 "unfinished", whether it is still running or stopped.
 
-``--write`` also writes ``table.csv`` (one row per run and seed), ``ablation.csv`` (when the grid has an
-``ablation``) and ``curves.png`` (accuracy against epoch; ``1 - bp_corr`` per layer along training) into the
+``--write`` also writes ``table.csv`` (one row per run and seed), ``ablation.csv`` and ``ablation.png``
+(when the grid has an ``ablation``) and ``curves.png`` (accuracy against epoch; ``1 - bp_corr`` per layer along training) into the
 experiment's folder::
 
     python -m experiments.stacks run cnn_levers
@@ -42,7 +42,7 @@ from .curves import RESULTS_DIR, RunResult, grid_spec, runs, val_is_test
 from .headline import save_figure, write_summary
 
 __all__ = ["smallest_correlations", "correlation_curves", "seed_row", "table_rows", "format_table", "ablation_rows",
-           "format_ablation", "plot", "main"]
+           "format_ablation", "plot_ablation", "plot", "main"]
 
 CORR = "bp_corr/layer_"
 
@@ -142,8 +142,9 @@ def ablation_rows(seed_rows: Sequence[Dict[str, object]], ablation: Dict[str, Se
                   known_runs: Optional[Sequence[str]] = None) -> List[Dict[str, object]]:
     """One row per lever of ``ablation`` (lever -> ``[run with it, run without it]``): the seeds both runs
     have finished (``finished`` of :func:`seed_row`), the mean test accuracy of each over those seeds and
-    the mean paired difference (with - without); ``seeds`` is empty and the numbers NaN while the two share no seed. ``known_runs`` (the grid's runs)
-    makes a name outside them an error, not a lever that never fills in."""
+    the paired differences (``differences``, seed by seed, with - without) and their mean; ``seeds`` is
+    empty and the numbers NaN while the two share no seed. ``known_runs`` (the grid's runs) makes a name
+    outside them an error, not a lever that never fills in."""
     if not isinstance(ablation, dict):
         raise ValueError(f"ablation: expected a mapping of lever -> [run with it, run without it], got {ablation!r}")
     test = {(r["run"], r["seed"]): float(r["test_acc"]) for r in seed_rows if r.get("finished", True)}
@@ -159,9 +160,10 @@ def ablation_rows(seed_rows: Sequence[Dict[str, object]], ablation: Dict[str, Se
         mean = (lambda values: sum(values) / len(values)) if seeds else (lambda values: math.nan)
         with_acc = [test[(with_run, s)] for s in seeds]
         without_acc = [test[(without_run, s)] for s in seeds]
+        differences = [a - b for a, b in zip(with_acc, without_acc)]
         out.append({"lever": lever, "with": with_run, "without": without_run, "seeds": seeds,
                     "test_with": mean(with_acc), "test_without": mean(without_acc),
-                    "difference": mean([a - b for a, b in zip(with_acc, without_acc)])})
+                    "difference": mean(differences), "differences": differences})
     return out
 
 
@@ -177,6 +179,34 @@ def format_ablation(rows: Sequence[Dict[str, object]], labels: Optional[Dict[str
             numbers = "no seed finished by both yet | | |"
         lines.append(f"| {r['lever']} | {labels.get(r['with'], r['with'])} | {labels.get(r['without'], r['without'])} | {numbers} |")
     return "\n".join(lines)
+
+
+def plot_ablation(rows: Sequence[Dict[str, object]], path: Path) -> Path:
+    """``ablation.png``: per lever with a finished pair, the mean difference in test accuracy (with -
+    without, points) as a bar and each seed's difference as a dot; levers still waiting for a pair
+    are listed as such; a NaN difference is not drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.4))
+    for i, r in enumerate(rows):
+        if not r["seeds"]:
+            ax.text(0.02, i, "no seed finished by both yet", va="center", fontsize=8, color="grey",
+                    transform=ax.get_yaxis_transform())
+            continue
+        if not math.isnan(r["difference"]):
+            ax.barh(i, 100 * r["difference"], color="C0" if r["difference"] >= 0 else "C3", alpha=0.6)
+        points = [100 * d for d in r["differences"] if not math.isnan(d)]
+        ax.plot(points, [i] * len(points), "o", color="black", markersize=4)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(rows)), [f"{r['lever']} (seeds {', '.join(map(str, r['seeds'])) or '-'})" for r in rows],
+                  fontsize=8)
+    ax.invert_yaxis()
+    ax.set(xlabel="test accuracy with the lever - without it (points)", title="each lever on its own")
+    ax.grid(axis="x", alpha=0.3)
+    return save_figure(fig, path)
 
 
 def plot(found: Sequence[RunResult], path: Path, labels: Optional[Dict[str, str]] = None) -> Path:
@@ -256,8 +286,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         keys = list(dict.fromkeys(k for r in per_seed for k in r))
         print(f"wrote {write_summary([{k: r.get(k, '') for k in keys} for r in per_seed], folder / 'table.csv')}")
         if ablation is not None:
-            rows = [{**r, "seeds": " ".join(map(str, r["seeds"]))} for r in ablation]
+            rows = [{k: " ".join(map(str, v)) if k in ("seeds", "differences") else v for k, v in r.items()}
+                    for r in ablation]
             print(f"wrote {write_summary(rows, folder / 'ablation.csv')}")
+            print(f"wrote {plot_ablation(ablation, folder / 'ablation.png')}")
         print(f"wrote {plot(found, folder / 'curves.png', grid_spec(args.experiment).get('labels'))}")
     return 0
 

@@ -103,6 +103,8 @@ def test_the_ablation_pairs_seeds_and_waits_for_missing_runs(tmp_path, monkeypat
         rows = list(csv.DictReader(f))
     assert [(r["lever"], r["seeds"]) for r in rows] == [("augmentation", "1"), ("standardization", "")]
     assert float(rows[0]["difference"]) == pytest.approx(0.07) and rows[1]["difference"] == "nan"
+    assert float(rows[0]["differences"]) == pytest.approx(0.07)  # seed 1 only
+    assert (tmp_path / "exp" / "ablation.png").stat().st_size > 5_000
 
 
 def test_an_ablation_naming_no_run_of_the_grid_is_one_line(tmp_path, monkeypatch, capsys):

@@ -222,7 +222,8 @@ def plot(found: Sequence[RunResult], path: Path, labels: Optional[Dict[str, str]
 
     labels = labels or {}
     fig, (acc, corr) = plt.subplots(1, 2, figsize=(11, 4.2))
-    colours = dict(zip(dict.fromkeys(r.name for r in found), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = {name: cycle[i % len(cycle)] for i, name in enumerate(dict.fromkeys(r.name for r in found))}
     for run in found:
         epochs = run.epochs()
         colour, label = colours[run.name], f"{labels.get(run.name, run.name)}, seed {run.seed}"

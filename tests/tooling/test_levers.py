@@ -147,3 +147,10 @@ def test_an_ablation_that_is_not_a_mapping_is_one_line(tmp_path, monkeypatch, ca
     assert levers.main(["exp", "--results", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ablation: expected a mapping") and "\n" not in err
+
+
+def test_more_runs_than_colours_are_all_drawn(tmp_path):
+    for k in range(12):
+        _run(tmp_path, f"run{k:02d}", 0, [(0.40, 0.41), (0.50, 0.52)])
+    path = levers.plot(levers.runs(tmp_path / "exp"), tmp_path / "curves.png")
+    assert path.stat().st_size > 10_000

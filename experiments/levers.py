@@ -291,7 +291,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     for r in ablation]
             print(f"wrote {write_summary(rows, folder / 'ablation.csv')}")
             print(f"wrote {plot_ablation(ablation, folder / 'ablation.png')}")
-        print(f"wrote {plot(found, folder / 'curves.png', grid_spec(args.experiment).get('labels'))}")
+        print(f"wrote {plot(found, folder / 'curves.png', spec.get('labels'))}")
     return 0
 
 

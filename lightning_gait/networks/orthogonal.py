@@ -26,8 +26,8 @@ layers out.
 
 Which map: both cost ``O(n^3)`` per step, nothing next to a convolution over a batch's
 pixels, but their backward passes differ by far: PyTorch differentiates ``matrix_exp``
-through the exponential of a ``2n x 2n`` block matrix. Measured on this project's 2-core
-AMD EPYC (float32, forward + backward, ``benchmarks/README.md``): Cayley is the default.
+through the exponential of a ``2n x 2n`` block matrix. Cayley is the default, the faster of
+the two in the side-by-side measurement of ``benchmarks/README.md`` (float32, forward + backward).
 """
 from __future__ import annotations
 

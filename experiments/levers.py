@@ -95,14 +95,17 @@ def seed_row(run: RunResult) -> Dict[str, object]:
 
 
 def table_rows(seed_rows: Sequence[Dict[str, object]]) -> List[Dict[str, object]]:
-    """One row per run, and a second one for its unfinished seeds (short of ``trainer.max_epochs``), so
-    that no mean mixes a run in progress with finished ones: its seeds, fewest epochs, chosen epochs, mean
-    val, test mean and range, and the smallest correlation of any layer (NaN if any is NaN) with its layer."""
+    """One row per run over its finished seeds, and one row for each unfinished seed (short of
+    ``trainer.max_epochs``), so that no mean mixes seeds at different epochs: its seeds, fewest epochs,
+    chosen epochs, mean val, test mean and range, and the smallest correlation of any layer (NaN if any
+    is NaN) with its layer."""
     out = []
-    groups = dict.fromkeys((r["run"], r.get("finished", True)) for r in seed_rows)
-    names = list(dict.fromkeys(name for name, _ in groups))
-    for name, finished in sorted(groups, key=lambda g: (names.index(g[0]), not g[1])):  # finished first
-        rows = [r for r in seed_rows if r["run"] == name and r.get("finished", True) == finished]
+    groups = dict.fromkeys((r["run"], r.get("finished", True), None if r.get("finished", True) else r["seed"])
+                           for r in seed_rows)
+    names = list(dict.fromkeys(name for name, _, _ in groups))
+    for name, finished, seed in sorted(groups, key=lambda g: (names.index(g[0]), not g[1], str(g[2]))):  # finished first
+        rows = [r for r in seed_rows if r["run"] == name and r.get("finished", True) == finished
+                and (finished or r["seed"] == seed)]
         tests = [float(r["test_acc"]) for r in rows]
         nan_test = any(math.isnan(t) for t in tests)
         corr = [(float(v), int(k[len("min_bp_corr_layer_"):])) for r in rows for k, v in r.items()

@@ -141,6 +141,14 @@ def test_an_unfinished_seed_gets_a_row_of_its_own(tmp_path, capsys):
     assert levers.format_table(rows).splitlines()[-1].startswith("| gait (unfinished) | 0 | 1 | 1 |")
 
 
+def test_unfinished_seeds_are_never_averaged_together(tmp_path):
+    _run(tmp_path, "gait", 0, [(0.30, 0.31), (0.40, 0.42)], max_epochs=5)
+    _run(tmp_path, "gait", 1, [(0.35, 0.36)], max_epochs=5)
+    rows = levers.table_rows([levers.seed_row(r) for r in levers.runs(tmp_path / "exp")])
+    assert [(r["seeds"], r["finished"], r["epochs"], r["test_acc"]) for r in rows] == [
+        ([0], False, 2, 0.42), ([1], False, 1, 0.36)]
+
+
 def test_an_ablation_that_is_not_a_mapping_is_one_line(tmp_path, monkeypatch, capsys):
     _run(tmp_path, "full", 0, [(0.60, 0.62)])
     monkeypatch.setattr(levers, "grid_spec", lambda name: {"stacks": [["full"]], "ablation": [["full", "full"]]})

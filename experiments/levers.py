@@ -103,7 +103,7 @@ def table_rows(seed_rows: Sequence[Dict[str, object]]) -> List[Dict[str, object]
     groups = dict.fromkeys((r["run"], r.get("finished", True), None if r.get("finished", True) else r["seed"])
                            for r in seed_rows)
     names = list(dict.fromkeys(name for name, _, _ in groups))
-    for name, finished, seed in sorted(groups, key=lambda g: (names.index(g[0]), not g[1], str(g[2]))):  # finished first
+    for name, finished, seed in sorted(groups, key=lambda g: (names.index(g[0]), not g[1], -1 if g[2] is None else g[2])):  # finished first
         rows = [r for r in seed_rows if r["run"] == name and r.get("finished", True) == finished
                 and (finished or r["seed"] == seed)]
         tests = [float(r["test_acc"]) for r in rows]

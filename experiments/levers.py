@@ -100,12 +100,13 @@ def table_rows(seed_rows: Sequence[Dict[str, object]]) -> List[Dict[str, object]
     chosen epochs, mean val, test mean and range, and the smallest correlation of any layer (NaN if any
     is NaN) with its layer."""
     out = []
-    groups = dict.fromkeys((r["run"], r.get("finished", True), None if r.get("finished", True) else r["seed"])
-                           for r in seed_rows)
+    groups: Dict[tuple, List[Dict[str, object]]] = {}
+    for r in seed_rows:  # key: (run, finished, None for the finished seeds together, else the seed)
+        finished = r.get("finished", True)
+        groups.setdefault((r["run"], finished, None if finished else r["seed"]), []).append(r)
     names = list(dict.fromkeys(name for name, _, _ in groups))
-    for name, finished, seed in sorted(groups, key=lambda g: (names.index(g[0]), not g[1], -1 if g[2] is None else g[2])):  # finished first
-        rows = [r for r in seed_rows if r["run"] == name and r.get("finished", True) == finished
-                and (finished or r["seed"] == seed)]
+    order = lambda g: (names.index(g[0][0]), not g[0][1], -1 if g[0][2] is None else g[0][2])  # finished first
+    for (name, finished, _), rows in sorted(groups.items(), key=order):
         tests = [float(r["test_acc"]) for r in rows]
         nan_test = any(math.isnan(t) for t in tests)
         corr = [(float(v), int(k[len("min_bp_corr_layer_"):])) for r in rows for k, v in r.items()

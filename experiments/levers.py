@@ -22,8 +22,9 @@ seed); a lever whose two runs share no finished seed yet says so. A run short of
 "unfinished", whether it is still running or stopped.
 
 ``--write`` also writes ``table.csv`` (one row per run and seed), ``ablation.csv`` and ``ablation.png``
-(when the grid has an ``ablation``) and ``curves.png`` (accuracy against epoch; ``1 - bp_corr`` per layer along training) into the
-experiment's folder::
+(when the grid has an ``ablation``), ``curves.png`` (accuracy against epoch, a panel per run) and
+``correlation.png`` (``1 - bp_corr`` per layer along training, a panel per run that is not backprop) into
+the experiment's folder::
 
     python -m experiments.stacks run cnn_levers
     python -m experiments.stacks sync cnn_levers
@@ -42,7 +43,7 @@ from .curves import RESULTS_DIR, RunResult, grid_spec, runs, val_is_test
 from .headline import save_figure, write_summary
 
 __all__ = ["smallest_correlations", "correlation_curves", "seed_row", "table_rows", "format_table", "ablation_rows",
-           "format_ablation", "plot_ablation", "plot", "main"]
+           "format_ablation", "plot_ablation", "plot", "plot_correlation", "main"]
 
 CORR = "bp_corr/layer_"
 
@@ -213,40 +214,84 @@ def plot_ablation(rows: Sequence[Dict[str, object]], path: Path) -> Path:
     return save_figure(fig, path)
 
 
+def _panels(count: int, *, columns: int = 4, size: tuple = (3.4, 2.6), sharey: bool = True):
+    """A figure of ``count`` panels, ``columns`` to a row (fewer when there are fewer panels); the
+    unused ones are hidden. Returns the figure and the ``count`` panels in reading order."""
+    import matplotlib.pyplot as plt
+
+    columns = max(1, min(columns, count))
+    rows = math.ceil(count / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(size[0] * columns, size[1] * rows + 0.6), sharey=sharey,
+                             squeeze=False)
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[count:]:
+        ax.set_visible(False)
+    return fig, flat[:count]
+
+
+def _title(text: str, width: int = 42) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
+
+
 def plot(found: Sequence[RunResult], path: Path, labels: Optional[Dict[str, str]] = None) -> Path:
-    """``curves.png``: test (solid) and validation (dashed) accuracy per run and seed against the epoch,
-    and, per layer of each seed-0 run that is not backprop, ``1 - bp_corr`` along training (log scale;
-    NaN and values at or above 1 are not drawn)."""
+    """``curves.png``: one panel per run (its label as title, the same accuracy axis in every panel):
+    test (solid) and validation (dashed) accuracy of each seed against the epoch, a colour per seed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    labels = labels or {}
+    names = list(dict.fromkeys(r.name for r in found))
+    seeds = sorted({r.seed for r in found})
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = {seed: cycle[i % len(cycle)] for i, seed in enumerate(seeds)}
+    fig, panels = _panels(len(names))
+    for name, ax in zip(names, panels):
+        for run in (r for r in found if r.name == name):
+            epochs = run.epochs()
+            for key, style in (("test_acc", "-"), ("val_acc", "--")):
+                kept = [e for e in epochs if key in e]
+                ax.plot([e["epoch"] for e in kept], [100 * e[key] for e in kept], style, color=colours[run.seed],
+                        label=f"seed {run.seed}" if key == "test_acc" else None)
+        ax.set_title(_title(labels.get(name, name)), fontsize=7)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6, loc="lower right")
+    fig.suptitle("accuracy (%) against epoch: test (solid), validation (dashed)", fontsize=9)
+    return save_figure(fig, path)
+
+
+def plot_correlation(found: Sequence[RunResult], path: Path, labels: Optional[Dict[str, str]] = None) -> Optional[Path]:
+    """``correlation.png``: one panel per run that is not backprop, ``1 - bp_corr`` of each layer of its
+    lowest seed along training (log scale, the same axis in every panel; NaN and values at or above 1
+    are not drawn). ``None`` (nothing written) when no such run logged a correlation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+
     from .headline import is_backprop
 
     labels = labels or {}
-    fig, (acc, corr) = plt.subplots(1, 2, figsize=(11, 4.2))
-    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    colours = {name: cycle[i % len(cycle)] for i, name in enumerate(dict.fromkeys(r.name for r in found))}
-    for run in found:
-        epochs = run.epochs()
-        colour, label = colours[run.name], f"{labels.get(run.name, run.name)}, seed {run.seed}"
-        acc.plot([e["epoch"] for e in epochs if "test_acc" in e], [100 * e["test_acc"] for e in epochs if "test_acc" in e],
-                 color=colour, alpha=1.0 if run.seed == 0 else 0.6, label=label + " (test)")
-        acc.plot([e["epoch"] for e in epochs if "val_acc" in e], [100 * e["val_acc"] for e in epochs if "val_acc" in e],
-                 "--", color=colour, alpha=0.6)
-        if run.seed == 0 and not is_backprop(run.name):
-            for layer, points in sorted(correlation_curves(run.metrics).items()):
-                kept = [(step, 1.0 - r) for step, r in points if not math.isnan(r) and r < 1.0]
-                corr.plot([p[0] for p in kept], [p[1] for p in kept], label=f"layer {layer}")
-    acc.set(xlabel="epoch", ylabel="accuracy (%)", title="test (solid) and validation (dashed)")
-    acc.grid(alpha=0.3)
-    acc.legend(fontsize=7, loc="lower right")
-    corr.set(xlabel="training step", ylabel="1 - correlation with BP", yscale="log",
-             title="GAIT-N's updates against backprop's (seed 0)")
-    corr.grid(alpha=0.3)
-    if corr.lines:
-        corr.legend(fontsize=7, ncol=2)
+    chosen: Dict[str, RunResult] = {}
+    for run in sorted(found, key=lambda r: r.seed):
+        if not is_backprop(run.name) and run.name not in chosen and correlation_curves(run.metrics):
+            chosen[run.name] = run
+    if not chosen:
+        return None
+    fig, panels = _panels(len(chosen))
+    for (name, run), ax in zip(chosen.items(), panels):
+        for layer, points in sorted(correlation_curves(run.metrics).items()):
+            kept = [(step, 1.0 - r) for step, r in points if not math.isnan(r) and r < 1.0]
+            ax.plot([p[0] for p in kept], [p[1] for p in kept], linewidth=0.8, label=f"layer {layer}")
+        ax.set_yscale("log")
+        ax.set_title(_title(f"{labels.get(name, name)}, seed {run.seed}"), fontsize=7)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    panels[0].legend(fontsize=6, ncol=2)
+    fig.suptitle("1 - correlation of each layer's update with backprop's, against the training step", fontsize=9)
     return save_figure(fig, path)
 
 
@@ -296,6 +341,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"wrote {write_summary(rows, folder / 'ablation.csv')}")
             print(f"wrote {plot_ablation(ablation, folder / 'ablation.png')}")
         print(f"wrote {plot(found, folder / 'curves.png', spec.get('labels'))}")
+        written = plot_correlation(found, folder / "correlation.png", spec.get("labels"))
+        if written is not None:
+            print(f"wrote {written}")
     return 0
 
 

@@ -32,6 +32,7 @@ def test_the_epoch_is_chosen_on_validation_and_test_is_read_there(tmp_path, caps
     _run(tmp_path, "gait", 1, [(0.45, 0.44), (0.50, 0.52)], [(0, 0.99996, 0.99999)])
     assert levers.main(["exp", "--results", str(tmp_path), "--write"]) == 0
     assert (tmp_path / "exp" / "curves.png").stat().st_size > 10_000
+    assert (tmp_path / "exp" / "correlation.png").stat().st_size > 10_000
     with open(tmp_path / "exp" / "table.csv") as f:
         seeds = list(csv.DictReader(f))
     assert [(r["seed"], r["chosen_epoch"], r["test_acc"]) for r in seeds] == [("0", "2", "0.5"), ("1", "2", "0.52")]
@@ -157,8 +158,45 @@ def test_an_ablation_that_is_not_a_mapping_is_one_line(tmp_path, monkeypatch, ca
     assert err.startswith("error: ablation: expected a mapping") and "\n" not in err
 
 
-def test_more_runs_than_colours_are_all_drawn(tmp_path):
+def _captured(monkeypatch):
+    """Keep the figure ``save_figure`` is given (and close nothing) instead of writing it."""
+    figures = []
+    monkeypatch.setattr(levers, "save_figure", lambda fig, path: figures.append(fig) or path)
+    return figures
+
+
+def test_each_run_gets_a_panel_of_its_own_with_every_seed(tmp_path, monkeypatch):
     for k in range(12):
         _run(tmp_path, f"run{k:02d}", 0, [(0.40, 0.41), (0.50, 0.52)])
-    path = levers.plot(levers.runs(tmp_path / "exp"), tmp_path / "curves.png")
-    assert path.stat().st_size > 10_000
+    _run(tmp_path, "run03", 1, [(0.42, 0.43), (0.51, 0.53)])
+    figures = _captured(monkeypatch)
+    levers.plot(levers.runs(tmp_path / "exp"), tmp_path / "curves.png", {"run03": "the third"})
+    (fig,) = figures
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(shown) == 12 and len(fig.axes) == 12  # 3 rows of 4
+    third = next(ax for ax in shown if ax.get_title() == "the third")
+    assert len(third.lines) == 4  # test and validation of seeds 0 and 1
+    assert [t.get_text() for t in third.get_legend().get_texts()] == ["seed 0", "seed 1"]
+    assert {ax.get_title() for ax in shown} - {"the third"} == {f"run{k:02d}" for k in range(12) if k != 3}
+
+
+def test_the_correlation_figure_draws_each_rule_but_backprop_at_its_lowest_seed(tmp_path, monkeypatch):
+    corr = [(0, 0.99999, 0.9999), (9, 0.999, 1.0)]
+    _run(tmp_path, "conv-gait_norm", 1, [(0.40, 0.41)], corr)
+    _run(tmp_path, "conv-gait_norm", 2, [(0.40, 0.41)], corr)
+    _run(tmp_path, "conv-bp", 0, [(0.40, 0.41)], corr)
+    figures = _captured(monkeypatch)
+    assert levers.plot_correlation(levers.runs(tmp_path / "exp"), tmp_path / "c.png") == tmp_path / "c.png"
+    (fig,) = figures
+    (ax,) = [ax for ax in fig.axes if ax.get_visible()]
+    assert ax.get_title() == "conv-gait_norm, seed 1" and ax.get_yscale() == "log"
+    layer1, layer2 = ax.lines
+    assert list(layer1.get_xdata()) == [0, 9]
+    assert list(layer2.get_xdata()) == [0]  # a correlation of 1 has no place on a log axis
+
+
+def test_no_correlation_figure_without_a_rule_that_logs_one(tmp_path):
+    _run(tmp_path, "conv-bp", 0, [(0.40, 0.41)], [(0, 1.0, 1.0)])
+    _run(tmp_path, "conv-gait_norm", 0, [(0.40, 0.41)])
+    assert levers.plot_correlation(levers.runs(tmp_path / "exp"), tmp_path / "c.png") is None
+    assert not (tmp_path / "c.png").exists()

@@ -275,15 +275,17 @@ def plot_correlation(found: Sequence[RunResult], path: Path, labels: Optional[Di
     from .headline import is_backprop
 
     labels = labels or {}
-    chosen: Dict[str, RunResult] = {}
+    chosen: Dict[str, tuple] = {}  # run name -> (its lowest seed with a logged correlation, its curves)
     for run in sorted(found, key=lambda r: r.seed):
-        if not is_backprop(run.name) and run.name not in chosen and correlation_curves(run.metrics):
-            chosen[run.name] = run
+        if not is_backprop(run.name) and run.name not in chosen:
+            curves = correlation_curves(run.metrics)
+            if curves:
+                chosen[run.name] = (run, curves)
     if not chosen:
         return None
     fig, panels = _panels(len(chosen))
-    for (name, run), ax in zip(chosen.items(), panels):
-        for layer, points in sorted(correlation_curves(run.metrics).items()):
+    for (name, (run, curves)), ax in zip(chosen.items(), panels):
+        for layer, points in sorted(curves.items()):
             kept = [(step, 1.0 - r) for step, r in points if not math.isnan(r) and r < 1.0]
             ax.plot([p[0] for p in kept], [p[1] for p in kept], linewidth=0.8, label=f"layer {layer}")
         ax.set_yscale("log")

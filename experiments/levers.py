@@ -147,12 +147,14 @@ def ablation_rows(seed_rows: Sequence[Dict[str, object]], ablation: Dict[str, Se
                   known_runs: Optional[Sequence[str]] = None) -> List[Dict[str, object]]:
     """One row per lever of ``ablation`` (lever -> ``[run with it, run without it]``): the seeds both runs
     have finished (``finished`` of :func:`seed_row`), the mean test accuracy of each over those seeds and
-    the paired differences (``differences``, seed by seed, with - without) and their mean; ``seeds`` is
-    empty and the numbers NaN while the two share no seed. ``known_runs`` (the grid's runs) makes a name
+    the paired differences (``differences``, seed by seed, with - without) and their mean, and the mean
+    paired difference of their validation accuracies at the chosen epochs (``val_difference``: what a
+    choice of lever is made on); ``seeds`` is empty and the numbers NaN while the two share no seed. ``known_runs`` (the grid's runs) makes a name
     outside them an error, not a lever that never fills in."""
     if not isinstance(ablation, dict):
         raise ValueError(f"ablation: expected a mapping of lever -> [run with it, run without it], got {ablation!r}")
     test = {(r["run"], r["seed"]): float(r["test_acc"]) for r in seed_rows if r.get("finished", True)}
+    val = {(r["run"], r["seed"]): float(r["val_acc"]) for r in seed_rows if r.get("finished", True)}
     out = []
     for lever, pair in ablation.items():
         if not isinstance(pair, (list, tuple)) or len(pair) != 2 or not all(isinstance(p, str) for p in pair):
@@ -166,22 +168,26 @@ def ablation_rows(seed_rows: Sequence[Dict[str, object]], ablation: Dict[str, Se
         with_acc = [test[(with_run, s)] for s in seeds]
         without_acc = [test[(without_run, s)] for s in seeds]
         differences = [a - b for a, b in zip(with_acc, without_acc)]
+        val_differences = [val[(with_run, s)] - val[(without_run, s)] for s in seeds]
         out.append({"lever": lever, "with": with_run, "without": without_run, "seeds": seeds,
                     "test_with": mean(with_acc), "test_without": mean(without_acc),
-                    "difference": mean(differences), "differences": differences})
+                    "difference": mean(differences), "differences": differences,
+                    "val_difference": mean(val_differences)})
     return out
 
 
 def format_ablation(rows: Sequence[Dict[str, object]], labels: Optional[Dict[str, str]] = None) -> str:
     labels = labels or {}
-    lines = ["| lever | with it | without it | seeds | test acc % with (mean) | without (mean) | difference (points) |",
-             "|---|---|---|---|---:|---:|---:|"]
+    lines = ["| lever | with it | without it | seeds | test acc % with (mean) | without (mean) | test difference (points) "
+             "| val difference (points) |",
+             "|---|---|---|---|---:|---:|---:|---:|"]
+    points = lambda d: "nan" if math.isnan(d) else f"{100 * d:+.2f}"
     for r in rows:
         if r["seeds"]:
             numbers = (f"{', '.join(map(str, r['seeds']))} | {_pct(r['test_with'])} | {_pct(r['test_without'])} | "
-                       + ("nan" if math.isnan(r["difference"]) else f"{100 * r['difference']:+.2f}"))
+                       f"{points(r['difference'])} | {points(r['val_difference'])}")
         else:
-            numbers = "no seed finished by both yet | | |"
+            numbers = "no seed finished by both yet | | | |"
         lines.append(f"| {r['lever']} | {labels.get(r['with'], r['with'])} | {labels.get(r['without'], r['without'])} | {numbers} |")
     return "\n".join(lines)
 

@@ -98,12 +98,13 @@ def test_the_ablation_pairs_seeds_and_waits_for_missing_runs(tmp_path, monkeypat
     monkeypatch.setattr(levers, "grid_spec", lambda name: spec)
     assert levers.main(["exp", "--results", str(tmp_path), "--write"]) == 0
     out = capsys.readouterr().out
-    assert "| augmentation | full | no_aug | 1 | 64.00 | 57.00 | +7.00 |" in out
-    assert "| standardization | full | pixels | no seed finished by both yet | | | |" in out
+    assert "| augmentation | full | no_aug | 1 | 64.00 | 57.00 | +7.00 | +4.00 |" in out  # val: 61 against 57
+    assert "| standardization | full | pixels | no seed finished by both yet | | | | |" in out
     with open(tmp_path / "exp" / "ablation.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["lever"], r["seeds"]) for r in rows] == [("augmentation", "1"), ("standardization", "")]
     assert float(rows[0]["difference"]) == pytest.approx(0.07) and rows[1]["difference"] == "nan"
+    assert float(rows[0]["val_difference"]) == pytest.approx(0.04) and rows[1]["val_difference"] == "nan"
     assert float(rows[0]["differences"]) == pytest.approx(0.07)  # seed 1 only
     assert (tmp_path / "exp" / "ablation.png").stat().st_size > 5_000
 
@@ -122,7 +123,7 @@ def test_a_nan_test_accuracy_makes_the_difference_nan(tmp_path):
     rows = [levers.seed_row(r) for r in levers.runs(tmp_path / "exp")]
     (row,) = levers.ablation_rows(rows, {"lever": ["full", "bare"]})
     assert row["seeds"] == [0] and row["test_with"] == pytest.approx(0.62) and math.isnan(row["difference"])
-    assert levers.format_ablation([row]).splitlines()[-1] == "| lever | full | bare | 0 | 62.00 | nan | nan |"
+    assert levers.format_ablation([row]).splitlines()[-1] == "| lever | full | bare | 0 | 62.00 | nan | nan | nan |"
 
 
 def test_a_run_without_a_finished_epoch_is_left_out_with_a_note(tmp_path, capsys):

@@ -18,8 +18,8 @@ run leaves nothing to choose: its row is NaN; a NaN stays NaN in every mean and 
 A grid's ``ablation`` (lever -> ``[run with it, run without it]``) adds the ablation table: per lever,
 the seeds both runs have finished (all the epochs of their ``trainer.max_epochs``), each run's mean
 test accuracy over those seeds, and the mean of the paired differences (with - without, seed by
-seed); a lever whose two runs share no finished seed yet says so. A run short of its epochs is
-"unfinished", whether it is still running or stopped.
+seed) in test accuracy and in validation accuracy; a lever whose two runs share no finished seed
+yet says so. A run short of its epochs is "unfinished", whether it is still running or stopped.
 
 ``--write`` also writes ``table.csv`` (one row per run and seed), ``ablation.csv`` and ``ablation.png``
 (when the grid has an ``ablation``), ``curves.png`` (accuracy against epoch, a panel per run) and
@@ -149,8 +149,8 @@ def ablation_rows(seed_rows: Sequence[Dict[str, object]], ablation: Dict[str, Se
     have finished (``finished`` of :func:`seed_row`), the mean test accuracy of each over those seeds and
     the paired differences (``differences``, seed by seed, with - without) and their mean, and the mean
     paired difference of their validation accuracies at the chosen epochs (``val_difference``: what a
-    choice of lever is made on); ``seeds`` is empty and the numbers NaN while the two share no seed. ``known_runs`` (the grid's runs) makes a name
-    outside them an error, not a lever that never fills in."""
+    choice of lever is made on); ``seeds`` is empty and the numbers NaN while the two share no seed.
+    ``known_runs`` (the grid's runs) makes a name outside them an error, not a lever that never fills in."""
     if not isinstance(ablation, dict):
         raise ValueError(f"ablation: expected a mapping of lever -> [run with it, run without it], got {ablation!r}")
     test = {(r["run"], r["seed"]): float(r["test_acc"]) for r in seed_rows if r.get("finished", True)}

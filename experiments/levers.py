@@ -128,6 +128,10 @@ def _pct(value: float) -> str:
     return "nan" if math.isnan(value) else f"{100 * value:.2f}"
 
 
+def _points(difference: float) -> str:
+    return "nan" if math.isnan(difference) else f"{100 * difference:+.2f}"
+
+
 def format_table(rows: Sequence[Dict[str, object]], labels: Optional[Dict[str, str]] = None) -> str:
     labels = labels or {}
     lines = ["| run | seeds | epochs | chosen epoch | val acc % (mean) | test acc % (mean, range) | smallest BP correlation (layer) |",
@@ -153,8 +157,7 @@ def ablation_rows(seed_rows: Sequence[Dict[str, object]], ablation: Dict[str, Se
     ``known_runs`` (the grid's runs) makes a name outside them an error, not a lever that never fills in."""
     if not isinstance(ablation, dict):
         raise ValueError(f"ablation: expected a mapping of lever -> [run with it, run without it], got {ablation!r}")
-    test = {(r["run"], r["seed"]): float(r["test_acc"]) for r in seed_rows if r.get("finished", True)}
-    val = {(r["run"], r["seed"]): float(r["val_acc"]) for r in seed_rows if r.get("finished", True)}
+    finished = {(r["run"], r["seed"]): r for r in seed_rows if r.get("finished", True)}
     out = []
     for lever, pair in ablation.items():
         if not isinstance(pair, (list, tuple)) or len(pair) != 2 or not all(isinstance(p, str) for p in pair):
@@ -163,12 +166,12 @@ def ablation_rows(seed_rows: Sequence[Dict[str, object]], ablation: Dict[str, Se
         for name in pair:
             if known_runs is not None and name not in known_runs:
                 raise ValueError(f"ablation lever {lever!r}: {name!r} is not a run of the grid")
-        seeds = sorted({s for n, s in test if n == with_run} & {s for n, s in test if n == without_run})
+        seeds = sorted({s for n, s in finished if n == with_run} & {s for n, s in finished if n == without_run})
         mean = (lambda values: sum(values) / len(values)) if seeds else (lambda values: math.nan)
-        with_acc = [test[(with_run, s)] for s in seeds]
-        without_acc = [test[(without_run, s)] for s in seeds]
+        accuracies = lambda run, key: [float(finished[(run, s)][key]) for s in seeds]
+        with_acc, without_acc = accuracies(with_run, "test_acc"), accuracies(without_run, "test_acc")
         differences = [a - b for a, b in zip(with_acc, without_acc)]
-        val_differences = [val[(with_run, s)] - val[(without_run, s)] for s in seeds]
+        val_differences = [a - b for a, b in zip(accuracies(with_run, "val_acc"), accuracies(without_run, "val_acc"))]
         out.append({"lever": lever, "with": with_run, "without": without_run, "seeds": seeds,
                     "test_with": mean(with_acc), "test_without": mean(without_acc),
                     "difference": mean(differences), "differences": differences,
@@ -181,11 +184,10 @@ def format_ablation(rows: Sequence[Dict[str, object]], labels: Optional[Dict[str
     lines = ["| lever | with it | without it | seeds | test acc % with (mean) | without (mean) | test difference (points) "
              "| val difference (points) |",
              "|---|---|---|---|---:|---:|---:|---:|"]
-    points = lambda d: "nan" if math.isnan(d) else f"{100 * d:+.2f}"
     for r in rows:
         if r["seeds"]:
             numbers = (f"{', '.join(map(str, r['seeds']))} | {_pct(r['test_with'])} | {_pct(r['test_without'])} | "
-                       f"{points(r['difference'])} | {points(r['val_difference'])}")
+                       f"{_points(r['difference'])} | {_points(r['val_difference'])}")
         else:
             numbers = "no seed finished by both yet | | | |"
         lines.append(f"| {r['lever']} | {labels.get(r['with'], r['with'])} | {labels.get(r['without'], r['without'])} | {numbers} |")
@@ -220,15 +222,14 @@ def plot_ablation(rows: Sequence[Dict[str, object]], path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def _panels(count: int, *, columns: int = 4, size: tuple = (3.4, 2.6), sharey: bool = True):
-    """A figure of ``count`` panels, ``columns`` to a row (fewer when there are fewer panels); the
-    unused ones are hidden. Returns the figure and the ``count`` panels in reading order."""
+def _panels(count: int, columns: int = 4):
+    """A figure of ``count`` panels sharing their y axis, ``columns`` to a row (fewer when there are
+    fewer panels); the unused ones are hidden. Returns the figure and the ``count`` panels in reading order."""
     import matplotlib.pyplot as plt
 
     columns = max(1, min(columns, count))
     rows = math.ceil(count / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(size[0] * columns, size[1] * rows + 0.6), sharey=sharey,
-                             squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 2.6 * rows + 0.6), sharey=True, squeeze=False)
     flat = [ax for row in axes for ax in row]
     for ax in flat[count:]:
         ax.set_visible(False)
